@@ -1,0 +1,41 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set up .venv when needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= input/shopee-demo
+
+.PHONY: setup demo test lint format clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --no-deps -e .
+	touch $@
+
+setup: $(STAMP)
+
+$(DEMO_DIR)/train.csv: | $(STAMP)
+	$(BIN)/python -m shopee demo-data --out $(DEMO_DIR)
+
+# The main job on the embedded demo data (today: data + baselines; later: train, optimize, kernel).
+demo: setup
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory $(DEMO_DIR)/train.csv && \
+	$(BIN)/python -m shopee check-data --data $(DEMO_DIR) && \
+	$(BIN)/python -m shopee baselines --data $(DEMO_DIR) && \
+	echo "make demo finished in $$(( $$(date +%s) - start )) s"
+
+lint: setup
+	$(BIN)/ruff check src tests exp
+	$(BIN)/ruff format --check src tests exp
+
+format: setup
+	$(BIN)/ruff format src tests exp
+	$(BIN)/ruff check --fix src tests exp
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

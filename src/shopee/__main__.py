@@ -1,0 +1,5 @@
+import sys
+
+from shopee.cli import main
+
+sys.exit(main())

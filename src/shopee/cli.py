@@ -1,0 +1,137 @@
+"""``python -m shopee <command>``: the pipeline's command line.
+
+Every command turns a user mistake (``ShopeeError``) into one ``error: ...`` line on stderr and
+exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from shopee.data import IMAGE_POLICIES, SPLITS, find_data_dir, read_split
+from shopee.errors import ShopeeError
+
+DATA_HELP = "competition directory or a Kaggle input root holding it [$SHOPEE_DATA, then /kaggle/input]"
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> None:
+    from shopee.demo import generate_demo
+
+    summary = generate_demo(
+        args.out,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        image_size=args.image_size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        workers=args.workers,
+    )
+    print(
+        f"wrote {args.out}: {summary['train_rows']} train rows in {summary['train_groups']} groups, "
+        f"{summary['test_rows']} test rows in {summary['test_groups']} groups, "
+        f"{summary['images']} images, in {summary['seconds']} s"
+    )
+    print(json.dumps(summary))
+
+
+def _cmd_check_data(args: argparse.Namespace) -> None:
+    data_dir = find_data_dir(args.data)
+    summary: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        if not (data_dir / f"{split}.csv").is_file():
+            print(f"{split}.csv: absent")
+            continue
+        df = read_split(data_dir, split, image_policy=args.image_policy)
+        info = {
+            "rows": len(df),
+            "images_checked": int((df["image_path"] != "").sum()),
+            "images_blank": int((~df["image_ok"] & (df["image_path"] != "")).sum()),
+            "titles_changed_by_normalization": int((df["title"] != df["title_raw"]).sum()),
+        }
+        if "label_group" in df:
+            info["groups"] = int(df["label_group"].nunique())
+        summary[split] = info
+        images = f"{info['images_checked']} images checked" if info["images_checked"] else "no image folder"
+        groups = f", {info['groups']} groups" if "groups" in info else ""
+        print(
+            f"{split}.csv: {info['rows']} rows{groups}, {images}, "
+            f"{info['titles_changed_by_normalization']} titles normalized"
+        )
+    print(f"{data_dir}: ok")
+    if args.json:
+        print(json.dumps(summary))
+
+
+def _cmd_baselines(args: argparse.Namespace) -> None:
+    from shopee.baselines import format_baselines, run_baselines
+    from shopee.folds import load_folds
+
+    started = time.perf_counter()
+    data_dir = find_data_dir(args.data)
+    train = read_split(data_dir, "train", check_images=False)
+    folds = load_folds(data_dir, train, args.n_folds)
+    result = run_baselines(train, folds)
+    print(
+        f"baselines on {data_dir / 'train.csv'} ({len(train)} rows, {train['label_group'].nunique()} groups)"
+    )
+    print(format_baselines(result, len(train), args.n_folds))
+    print(f"({time.perf_counter() - started:.1f} s)")
+    if args.json:
+        print(json.dumps(result))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m shopee",
+        description="Train, match and submit for Kaggle's Shopee - Price Match Guarantee.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo-data", help="write the synthetic demo dataset (competition layout)")
+    demo.add_argument("--out", default="input/shopee-demo", help="output directory [%(default)s]")
+    demo.add_argument("--n-train", type=int, default=3000, help="train rows [%(default)s]")
+    demo.add_argument("--n-test", type=int, default=1000, help="test rows [%(default)s]")
+    demo.add_argument("--image-size", type=int, default=256, help="image side in pixels [%(default)s]")
+    demo.add_argument("--seed", type=int, default=0, help="random seed [%(default)s]")
+    demo.add_argument("--workers", type=int, default=None, help="processes rendering images [all cores]")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    demo.set_defaults(func=_cmd_demo_data)
+
+    check = sub.add_parser("check-data", help="validate a competition directory (CSVs and images)")
+    check.add_argument("--data", default=None, help=DATA_HELP)
+    check.add_argument(
+        "--image-policy",
+        choices=IMAGE_POLICIES,
+        default="error",
+        help="missing or unreadable images: stop, skip the row, or use a blank image [%(default)s]",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    check.set_defaults(func=_cmd_check_data)
+
+    base = sub.add_parser("baselines", help="F1 of self-only, phash and TF-IDF matching on train")
+    base.add_argument(
+        "--data",
+        default=None,
+        help="competition directory or Kaggle input root [$SHOPEE_DATA, /kaggle/input]",
+    )
+    base.add_argument("--n-folds", type=int, default=5, help="GroupKFold folds [%(default)s]")
+    base.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    base.set_defaults(func=_cmd_baselines)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ShopeeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

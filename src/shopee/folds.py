@@ -1,0 +1,80 @@
+"""GroupKFold on ``label_group``, computed once per dataset and saved beside it.
+
+Every experiment on the same data reads the same ``folds-<n>.csv`` so their out-of-fold
+predictions can be compared and ensembled. When the data directory is read-only (a Kaggle input
+mount), the file goes to ``$SHOPEE_CACHE`` (default ``~/.cache/shopee``) instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold
+
+from shopee.atomic import write_csv
+from shopee.errors import DataError
+
+CACHE_ENV = "SHOPEE_CACHE"
+
+
+def folds_filename(n_folds: int) -> str:
+    return f"folds-{n_folds}.csv"
+
+
+def _cache_path(data_dir: Path, n_folds: int) -> Path:
+    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "shopee"))
+    key = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return root / "folds" / f"{data_dir.name}-{key}" / folds_filename(n_folds)
+
+
+def make_folds(labels: np.ndarray, n_folds: int = 5) -> np.ndarray:
+    """Fold number per row; every posting of a ``label_group`` lands in the same fold."""
+    n_groups = len(np.unique(labels))
+    if n_folds < 2:
+        raise DataError(f"n_folds must be at least 2, not {n_folds}")
+    if n_groups < n_folds:
+        raise DataError(f"cannot make {n_folds} folds from {n_groups} label groups")
+    folds = np.empty(len(labels), dtype=np.int64)
+    splitter = GroupKFold(n_splits=n_folds)
+    for fold, (_, valid) in enumerate(splitter.split(np.zeros(len(labels)), groups=labels)):
+        folds[valid] = fold
+    return folds
+
+
+def _read_folds(path: Path, train: pd.DataFrame, n_folds: int) -> np.ndarray:
+    stored = pd.read_csv(path, dtype={"posting_id": str, "fold": "int64"})
+    if list(stored.columns[:2]) != ["posting_id", "fold"]:
+        raise DataError(f"{path}: expected columns posting_id, fold; delete it to recompute")
+    by_id = pd.Series(stored["fold"].to_numpy(), index=stored["posting_id"])
+    folds = by_id.reindex(train["posting_id"])
+    unknown = int(folds.isna().sum())
+    if unknown or len(stored) != len(train):
+        raise DataError(
+            f"{path}: made for a different train.csv ({unknown} of {len(train)} posting_ids not in it, "
+            f"{len(stored)} stored); delete it to recompute the folds"
+        )
+    values = folds.to_numpy(dtype=np.int64)
+    if values.min() < 0 or values.max() >= n_folds:
+        raise DataError(f"{path}: fold numbers outside 0..{n_folds - 1}; delete it to recompute")
+    return values
+
+
+def load_folds(data_dir: str | Path, train: pd.DataFrame, n_folds: int = 5) -> np.ndarray:
+    """Fold per row of ``train`` (row-aligned), read from disk or computed and saved once."""
+    data_dir = Path(data_dir)
+    local = data_dir / folds_filename(n_folds)
+    cached = _cache_path(data_dir, n_folds)
+    for path in (local, cached):
+        if path.is_file():
+            return _read_folds(path, train, n_folds)
+    folds = make_folds(train["label_group"].to_numpy(), n_folds)
+    table = pd.DataFrame({"posting_id": train["posting_id"], "fold": folds})
+    try:
+        write_csv(local, table)
+    except OSError:
+        write_csv(cached, table)
+    return folds
