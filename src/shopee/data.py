@@ -111,54 +111,63 @@ def normalize_title(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _line(row: int) -> int:
-    """The 1-based line of data row ``row`` in a CSV with one header line."""
-    return row + 2
-
-
 def read_csv_checked(path: Path, columns: Iterable[str]) -> pd.DataFrame:
-    """Read a CSV as strings and check it is non-empty and has ``columns``."""
+    """Read a CSV as strings and check it is non-empty, well-formed and has ``columns``.
+
+    Blank lines are dropped; the ``line`` attribute (``df.attrs["line"]``) keeps each row's
+    1-based line number in the file so errors can point at it.
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         reason = " ".join(str(exc).split())
         raise DataError(f"{path}: malformed CSV: {reason}") from None
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas takes the first column as an index when the first data row has one field too many
+        raise DataError(f"{path}: malformed CSV: line 2 has more fields than the header ({len(df.columns)})")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, df.columns))})"
         )
+    blank = (df == "").all(axis=1).to_numpy()
+    lines = np.flatnonzero(~blank) + 2  # the header is line 1
+    df = df.loc[~blank].reset_index(drop=True)
     if df.empty:
         raise DataError(f"{path}: no rows after the header")
+    df.attrs["line"] = lines
     return df
 
 
 def _validate_ids(path: Path, df: pd.DataFrame) -> None:
+    lines = df.attrs["line"]
     ids = df["posting_id"].str.strip()
     empty = np.flatnonzero((ids == "").to_numpy())
     if empty.size:
-        raise DataError(f"{path}: line {_line(empty[0])}: column posting_id is empty")
+        raise DataError(f"{path}: line {lines[empty[0]]}: column posting_id is empty")
     dup = ids.duplicated(keep="first").to_numpy()
     if dup.any():
         row = int(np.flatnonzero(dup)[0])
         first = int(np.flatnonzero((ids == ids.iloc[row]).to_numpy())[0])
         raise DataError(
-            f"{path}: line {_line(row)}: duplicate posting_id {ids.iloc[row]!r} "
-            f"(first at line {_line(first)})"
+            f"{path}: line {lines[row]}: duplicate posting_id {ids.iloc[row]!r} "
+            f"(first at line {lines[first]})"
         )
 
 
-def _parse_label_group(path: Path, values: pd.Series) -> np.ndarray:
+def _parse_label_group(path: Path, df: pd.DataFrame) -> np.ndarray:
+    values = df["label_group"]
     text = values.str.strip()
     ok = text.str.fullmatch(r"[+-]?\d+").to_numpy(dtype=bool)
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
         raise DataError(
-            f"{path}: line {_line(row)}: column label_group: {values.iloc[row]!r} is not an integer"
+            f"{path}: line {df.attrs['line'][row]}: column label_group: {values.iloc[row]!r} "
+            "is not an integer"
         )
     try:
         return text.astype("int64").to_numpy()
@@ -201,7 +210,7 @@ def read_split(
         }
     )
     if split == "train":
-        df["label_group"] = _parse_label_group(path, raw["label_group"])
+        df["label_group"] = _parse_label_group(path, raw)
 
     images_dir = data_dir / f"{split}_images"
     if images_dir.is_dir():
@@ -210,7 +219,7 @@ def read_split(
         df["image_path"] = ""
     df["image_ok"] = df["image_path"] != ""
     if check_images and images_dir.is_dir():
-        df = apply_image_policy(df, path, image_policy)
+        df = apply_image_policy(df, path, raw.attrs["line"], image_policy)
     return df.reset_index(drop=True)
 
 
@@ -228,7 +237,9 @@ def _image_problem(path: str) -> str | None:
     return None
 
 
-def apply_image_policy(df: pd.DataFrame, csv_path: Path, policy: ImagePolicy) -> pd.DataFrame:
+def apply_image_policy(
+    df: pd.DataFrame, csv_path: Path, lines: np.ndarray, policy: ImagePolicy
+) -> pd.DataFrame:
     """Check every image of ``df`` and apply ``policy`` to the missing or unreadable ones."""
     problems = [
         _image_problem(p)
@@ -244,7 +255,7 @@ def apply_image_policy(df: pd.DataFrame, csv_path: Path, policy: ImagePolicy) ->
     if not bad.any():
         return df
     row = int(np.flatnonzero(bad)[0])
-    first = f"first: line {_line(row)}, {df['image'].iloc[row] or '(empty)'}: {problems[row]}"
+    first = f"first: line {lines[row]}, {df['image'].iloc[row] or '(empty)'}: {problems[row]}"
     summary = f"{csv_path}: {int(bad.sum())} of {len(df)} images missing or unreadable ({first})"
     if policy == "error":
         raise DataError(summary + "; use image policy 'skip' or 'blank' to go on")

@@ -46,9 +46,15 @@ def make_folds(labels: np.ndarray, n_folds: int = 5) -> np.ndarray:
 
 
 def _read_folds(path: Path, train: pd.DataFrame, n_folds: int) -> np.ndarray:
-    stored = pd.read_csv(path, dtype={"posting_id": str, "fold": "int64"})
+    try:
+        stored = pd.read_csv(path, dtype={"posting_id": str, "fold": "int64"})
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        reason = " ".join(str(exc).split())
+        raise DataError(f"{path}: unreadable folds file ({reason}); delete it to recompute") from None
     if list(stored.columns[:2]) != ["posting_id", "fold"]:
         raise DataError(f"{path}: expected columns posting_id, fold; delete it to recompute")
+    if stored["posting_id"].duplicated().any():
+        raise DataError(f"{path}: duplicate posting_id; delete it to recompute")
     by_id = pd.Series(stored["fold"].to_numpy(), index=stored["posting_id"])
     folds = by_id.reindex(train["posting_id"])
     unknown = int(folds.isna().sum())

@@ -43,10 +43,17 @@ class Pairs:
 
 
 def top_k_pairs(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k: int) -> Pairs:
-    """Keep the ``k`` most similar candidates per row (self excluded), sorted best first."""
+    """Keep the ``k`` most similar candidates per row (self excluded), sorted best first.
+
+    Equal similarities keep their input order (ties aside, any backend gives the same pairs).
+    """
     not_self = rows != cols
     rows, cols, sims = rows[not_self], cols[not_self], sims[not_self]
-    order = np.lexsort((cols, -sims, rows))  # by row, then similarity descending; cols break ties
+    if sims.size and sims.min() >= -1.5 and sims.max() < 2.5:
+        # One float64 key sorts by row, then similarity descending: far faster than lexsort.
+        order = np.argsort(rows * 4.0 + (1.5 - sims.astype(np.float64)), kind="stable")
+    else:
+        order = np.lexsort((-sims, rows))
     rows, cols, sims = rows[order], cols[order], sims[order]
     starts = np.searchsorted(rows, rows, side="left")
     keep = (np.arange(len(rows)) - starts) < k
@@ -82,11 +89,10 @@ def sparse_cosine_pairs(
     parts = []
     for start in range(0, n, rows_per_chunk):
         block = (x[start : start + rows_per_chunk] @ xt).tocsr()
-        block.data = block.data.astype(np.float32, copy=False)
-        keep = block.data >= min_sim
-        rows = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))[keep] + start
-        cols = block.indices[keep].astype(np.int64)
-        parts.append(top_k_pairs(rows, cols, block.data[keep], n, k))
+        kept = np.flatnonzero(block.data >= min_sim)
+        rows = np.searchsorted(block.indptr, kept, side="right").astype(np.int64) - 1 + start
+        cols = block.indices[kept].astype(np.int64)
+        parts.append(top_k_pairs(rows, cols, block.data[kept].astype(np.float32), n, k))
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return Pairs(empty, empty, np.zeros(0, dtype=np.float32), n)
@@ -108,9 +114,15 @@ def tfidf_pairs(titles: pd.Series | list[str], min_sim: float = 0.2, k: int = MA
 
 
 def phash_exact_pairs(phashes: pd.Series | list[str], k: int = MAX_OTHERS) -> Pairs:
-    """Pairs of postings whose ``image_phash`` is identical (similarity 1), at most ``k`` per row."""
-    codes, _ = pd.factorize(pd.Series(phashes, dtype=str))
+    """Pairs of postings whose ``image_phash`` is identical (similarity 1), at most ``k`` per row.
+
+    A missing or empty phash matches nothing.
+    """
+    values = pd.Series(phashes, dtype=object)
+    missing = values.isna().to_numpy() | (values.astype(str).str.strip() == "").to_numpy()
+    codes, _ = pd.factorize(values.where(~missing, None))  # missing -> -1
     n = len(codes)
+    codes = np.where(missing, -1 - np.arange(n), codes)  # each missing row its own group
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
     group_start = np.searchsorted(sorted_codes, codes, side="left")

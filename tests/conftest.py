@@ -1,0 +1,35 @@
+"""Shared fixtures: demo datasets generated once per test session.
+
+``demo_dir`` is the default demo (3000 train / 1000 test rows, seed 0), the one the README and
+the calibration test talk about. ``small_demo_dir`` is a tiny one for quick checks. Both are
+shared: a test that changes files works on ``demo_copy``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shopee.demo import generate_demo
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "shopee-demo"
+    generate_demo(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("small-demo") / "shopee-small"
+    generate_demo(out, n_train=120, n_test=40, image_size=64, seed=3, workers=1)
+    return out
+
+
+@pytest.fixture
+def demo_copy(small_demo_dir: Path, tmp_path: Path) -> Path:
+    """A writable copy of the small demo."""
+    return Path(shutil.copytree(small_demo_dir, tmp_path / "data"))
