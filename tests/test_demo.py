@@ -172,3 +172,12 @@ def test_cli_rejects_bad_sizes(tmp_path: Path, capsys, flag: str, value: str) ->
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0]
     assert not (tmp_path / "d").exists()
+
+
+def test_cli_unwritable_output_is_one_line(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["demo-data", "--out", str(blocker / "demo"), "--n-train", "4", "--n-test", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "a-file" in err[0]
+    assert blocker.read_text() == "not a directory"

@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShopeeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable output, a full disk ...: the message names the path
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
