@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -58,6 +59,55 @@ def top_k_pairs(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k:
     starts = np.searchsorted(rows, rows, side="left")
     keep = (np.arange(len(rows)) - starts) < k
     return Pairs(rows[keep].astype(np.int64), cols[keep].astype(np.int64), sims[keep], n)
+
+
+# --------------------------------------------------------------------------------------------
+# kNN on embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def knn_pairs(
+    embeddings: np.ndarray | torch.Tensor,
+    k: int = MAX_OTHERS,
+    rows_per_chunk: int = 1024,
+    device: str = "cpu",
+) -> Pairs:
+    """The ``k`` nearest other rows of each row by cosine (embeddings L2-normalized first).
+
+    Chunked matrix products with top-k on ``device`` (CPU or CUDA): memory ``rows_per_chunk x n``.
+    """
+    x = torch.as_tensor(embeddings, dtype=torch.float32, device=device)
+    x = torch.nn.functional.normalize(x, dim=1)
+    n = len(x)
+    k = min(k, n - 1)
+    if k <= 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Pairs(empty, empty, np.zeros(0, dtype=np.float32), n)
+    rows, cols, sims = [], [], []
+    for start in range(0, n, rows_per_chunk):
+        block = x[start : start + rows_per_chunk] @ x.T
+        local = torch.arange(len(block), device=block.device)
+        block[local, local + start] = -float("inf")  # not itself
+        values, index = block.topk(k, dim=1)
+        rows.append(np.repeat(np.arange(start, start + len(block)), k))
+        cols.append(index.cpu().numpy().ravel())
+        sims.append(values.cpu().numpy().ravel())
+    return Pairs(
+        np.concatenate(rows).astype(np.int64),
+        np.concatenate(cols).astype(np.int64),
+        np.concatenate(sims).astype(np.float32),
+        n,
+    )
+
+
+def neighbour_matrix(pairs: Pairs, k: int) -> np.ndarray:
+    """``n x k`` neighbour indices, best first, padded with -1 (for Recall@K)."""
+    out = np.full((pairs.n, k), -1, dtype=np.int64)
+    starts = np.searchsorted(pairs.rows, pairs.rows, side="left")
+    rank = np.arange(len(pairs.rows)) - starts
+    keep = rank < k
+    out[pairs.rows[keep], rank[keep]] = pairs.cols[keep]
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,304 @@
+"""The experiment ``Config``: every choice of an experiment, typed, validated, JSON round-trip.
+
+An experiment file builds one ``Config``; ``--set key=value`` overrides a field from the command
+line (the value is parsed by the field's type: ``true``/``false`` for booleans, JSON for lists
+and dicts). ``Config.validate()`` names the field at fault in a ``ConfigError``.
+
+Defaults describe the baseline (exp001): late fusion of EfficientNet-Lite0 and all-MiniLM-L6-v2
+with an ArcFace head. A default that changes must not silently change what an old experiment
+does: put new behaviour behind a new field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from shopee.errors import ShopeeError
+
+
+class ConfigError(ShopeeError):
+    """A bad setting; the message names the key."""
+
+
+IMAGE_POOLS = ("gem", "avg", "max")
+TEXT_POOLS = ("mean", "cls", "attention", "mean_last4")
+NECKS = ("bn", "linear_bn", "linear_bn_prelu", "fc_dropout")
+FUSIONS = ("none", "late", "early", "multi")
+HEADS = ("arcface", "cosface", "subcenter_arcface", "curricularface", "adacos")
+OPTIMIZERS = ("adamw", "sgd")
+IMAGE_POLICIES = ("error", "skip", "blank")
+# Parts a training stage can unfreeze; "image.lastN" / "text.lastN" name the last N blocks/layers.
+PARTS = ("all", "image", "text", "neck", "head")
+
+
+@dataclass
+class Config:
+    # --- experiment -------------------------------------------------------------------------
+    seed: int = 42
+    n_folds: int = 5
+    image_policy: str = "error"  # missing or unreadable images: error, skip, blank
+    # --- image encoder ("" = no image encoder) ------------------------------------------------
+    image_model: str = "tf_efficientnet_lite0"
+    image_pretrained: bool = True
+    image_weights: str = ""  # a local checkpoint file or directory; overrides the lookup
+    image_size: int = 128
+    image_pool: str = "gem"
+    gem_p: float = 3.0
+    # --- text encoder ("" = no text encoder) --------------------------------------------------
+    text_model: str = "all-MiniLM-L6-v2"
+    text_pretrained: bool = True
+    text_weights: str = ""  # a local Hugging Face model directory; overrides the lookup
+    text_pool: str = "mean"
+    max_len: int = 32
+    # --- neck, fusion, head ---------------------------------------------------------------------
+    neck: str = "bn"
+    embed_dim: int = 512
+    dropout: float = 0.1
+    fusion: str = "late"
+    early_layers: int = 1  # early fusion: transformer layers over image and text tokens
+    early_heads: int = 4
+    early_dim: int = 256
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"fused": 1.0, "img": 1.0, "txt": 1.0})
+    shared_projection: bool = False  # image and text share one projection and margin head
+    head: str = "arcface"
+    scale: float = 30.0
+    margin: float = 0.5
+    margin_start: float | None = None  # ramp the margin from here to `margin` ...
+    margin_ramp_epochs: int = 0  # ... over this many epochs (0 = no ramp)
+    subcenters: int = 3
+    adaptive_margin: bool = False  # per-class margin growing as the class gets smaller
+    adaptive_margin_min: float = 0.2  # margin of the largest class (the smallest gets `margin`)
+    # --- optimisation ---------------------------------------------------------------------------
+    optimizer: str = "adamw"
+    lr_image: float = 3e-4
+    lr_text: float = 5e-5
+    lr_head: float = 3e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD only
+    layer_decay: float = 1.0  # learning rate x layer_decay**depth-from-top (1 = off)
+    warmup: float = 0.1  # share of each stage's steps spent warming up
+    grad_clip: float = 1.0  # max gradient norm (0 = off)
+    accum_steps: int = 1
+    batch_size: int = 32
+    epochs: int = 6  # used when `stages` is empty: one stage training everything
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    num_workers: int = 2
+    # --- sampling and augmentation --------------------------------------------------------------
+    sample_weight_power: float = 0.0  # sample weight 1/size**p by group size (0 = uniform)
+    balanced: bool = False  # class-balanced resampling ...
+    min_per_class: int = 2  # ... at least this many draws per class per epoch
+    max_per_class: int = 8  # ... at most this many
+    augment: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"name": "HorizontalFlip", "p": 0.5},
+            {"name": "Affine", "scale": [0.85, 1.15], "rotate": [-15, 15], "p": 0.5},
+            {"name": "RandomBrightnessContrast", "p": 0.5},
+        ]
+    )
+    # --- evaluation -----------------------------------------------------------------------------
+    eval_k: int = 51  # neighbours searched per row (itself included)
+    eval_batch_size: int = 64
+    # --- debug runs (--debug) -------------------------------------------------------------------
+    debug_batches: int = 3
+    debug_image_size: int = 64
+    debug_val_rows: int = 0  # 0 = all validation rows
+
+    # ----------------------------------------------------------------------------------------
+    def validate(self) -> Config:
+        def choice(key: str, options: tuple[str, ...]) -> None:
+            if getattr(self, key) not in options:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is not one of {', '.join(options)}")
+
+        def positive(*keys: str) -> None:
+            for key in keys:
+                if not getattr(self, key) > 0:
+                    raise ConfigError(f"{key}={getattr(self, key)!r} must be positive")
+
+        choice("image_pool", IMAGE_POOLS)
+        choice("text_pool", TEXT_POOLS)
+        choice("neck", NECKS)
+        choice("fusion", FUSIONS)
+        choice("head", HEADS)
+        choice("optimizer", OPTIMIZERS)
+        choice("image_policy", IMAGE_POLICIES)
+        positive("n_folds", "image_size", "max_len", "embed_dim", "scale", "batch_size", "accum_steps")
+        positive("eval_k", "eval_batch_size", "debug_batches", "debug_image_size", "subcenters")
+        positive("lr_image", "lr_text", "lr_head", "early_layers", "early_heads", "early_dim")
+        if self.n_folds < 2:
+            raise ConfigError(f"n_folds={self.n_folds} must be at least 2")
+        if not self.image_model and not self.text_model:
+            raise ConfigError("image_model and text_model are both empty: a model needs an encoder")
+        both = bool(self.image_model and self.text_model)
+        if self.fusion == "none" and both:
+            raise ConfigError("fusion='none' needs one encoder only: set image_model or text_model to ''")
+        if self.fusion != "none" and not both:
+            raise ConfigError(f"fusion={self.fusion!r} needs both encoders; use fusion='none'")
+        if self.shared_projection and self.fusion != "multi":
+            raise ConfigError("shared_projection=true needs fusion='multi' (one head for image and text)")
+        if self.early_dim % self.early_heads:
+            raise ConfigError(
+                f"early_dim={self.early_dim} must be divisible by early_heads={self.early_heads}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout={self.dropout} must be in [0, 1)")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"layer_decay={self.layer_decay} must be in (0, 1]")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"warmup={self.warmup} must be in [0, 1)")
+        if self.adaptive_margin and not 0 <= self.adaptive_margin_min <= self.margin:
+            raise ConfigError(
+                f"adaptive_margin_min={self.adaptive_margin_min} must be between 0 and margin={self.margin}"
+            )
+        if self.margin_ramp_epochs < 0:
+            raise ConfigError(f"margin_ramp_epochs={self.margin_ramp_epochs} must be >= 0")
+        if self.epochs < 1 and not self.stages:
+            raise ConfigError(f"epochs={self.epochs} must be at least 1")
+        if self.min_per_class > self.max_per_class or self.min_per_class < 1:
+            raise ConfigError(
+                f"min_per_class={self.min_per_class} must be between 1 and max_per_class={self.max_per_class}"
+            )
+        for key in set(self.loss_weights) - {"fused", "img", "txt"}:
+            raise ConfigError(f"loss_weights: unknown member {key!r} (use fused, img, txt)")
+        for i, stage in enumerate(self.stages):
+            parse_stage(stage, i)
+        for i, aug in enumerate(self.augment):
+            if not isinstance(aug, dict) or not isinstance(aug.get("name"), str):
+                raise ConfigError(f"augment[{i}] must be a dict with a 'name' (an albumentations transform)")
+        return self
+
+    # ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        return cls.from_dict(json.loads(text))
+
+    def with_overrides(self, assignments: list[str]) -> Config:
+        """A copy with ``key=value`` assignments applied (typed by the field), then validated."""
+        hints = typing.get_type_hints(Config)
+        known = {f.name for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            key = key.strip()
+            if not sep:
+                raise ConfigError(f"--set {assignment!r}: expected key=value")
+            if key not in known:
+                close = [k for k in known if key in k or k in key]
+                hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+                raise ConfigError(f"--set {key}: unknown config key{hint}")
+            changes[key] = parse_value(key, text, hints[key])
+        return dataclasses.replace(self, **changes).validate()
+
+
+def parse_value(key: str, text: str, hint: Any) -> Any:
+    """Parse ``text`` as the type ``hint`` of field ``key``."""
+    text = text.strip()
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if text.lower() in ("none", "null", ""):
+            return None
+        return parse_value(key, text, args[0])
+    try:
+        if hint is bool:
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        if hint is str:
+            return text
+        if origin in (list, dict):
+            value = json.loads(text)
+            if not isinstance(value, origin):
+                raise ValueError(f"expected a JSON {origin.__name__}")
+            return value
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--set {key}={text!r}: {exc}") from None
+    raise ConfigError(f"--set {key}: cannot parse a value of type {hint}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a staged schedule: which parts train, for how long, at what learning rate."""
+
+    epochs: int
+    train: tuple[str, ...]
+    lr_scale: float = 1.0
+    name: str = ""
+
+
+def parse_stage(stage: dict[str, Any], index: int) -> Stage:
+    where = f"stages[{index}]"
+    if not isinstance(stage, dict):
+        raise ConfigError(f"{where} must be a dict like {{'epochs': 1, 'train': ['head']}}")
+    unknown = set(stage) - {"epochs", "train", "lr_scale", "name"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    epochs = stage.get("epochs")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"{where}.epochs={epochs!r} must be a positive integer")
+    train = stage.get("train", ["all"])
+    if isinstance(train, str):
+        train = [train]
+    for part in train:
+        base, _, last = str(part).partition(".last")
+        if base not in PARTS or (last and (base not in ("image", "text") or not last.isdigit())):
+            raise ConfigError(
+                f"{where}.train: unknown part {part!r} (use all, image, text, neck, head, "
+                "image.lastN, text.lastN)"
+            )
+    lr_scale = float(stage.get("lr_scale", 1.0))
+    if lr_scale <= 0:
+        raise ConfigError(f"{where}.lr_scale={lr_scale} must be positive")
+    return Stage(epochs, tuple(str(p) for p in train), lr_scale, str(stage.get("name", "")))
+
+
+def stages_of(cfg: Config) -> list[Stage]:
+    """The schedule: ``cfg.stages``, or one stage training everything for ``cfg.epochs``."""
+    if not cfg.stages:
+        return [Stage(cfg.epochs, ("all",))]
+    return [parse_stage(s, i) for i, s in enumerate(cfg.stages)]
+
+
+def check_fold(fold: int, n_folds: int) -> int:
+    if not 0 <= fold < n_folds:
+        raise ConfigError(f"--fold {fold} is out of range: n_folds={n_folds} gives folds 0..{n_folds - 1}")
+    return fold
+
+
+def embedding_kinds(cfg: Config) -> list[str]:
+    """The embeddings a model built from ``cfg`` produces (``img``, ``txt``, ``fused``)."""
+    kinds = []
+    if cfg.image_model:
+        kinds.append("img")
+    if cfg.text_model:
+        kinds.append("txt")
+    if cfg.fusion != "none":
+        kinds.append("fused")
+    return kinds

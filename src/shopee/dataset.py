@@ -1,0 +1,119 @@
+"""Torch datasets and loaders over a DataFrame of postings (train and test alike).
+
+Titles are tokenized once up front; images are decoded per item (JPEG draft mode decodes a
+large photo at reduced size directly). A text-only dataset never opens an image file, and an
+image-only one never needs a tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from shopee.data import ImagePolicy, load_image
+
+
+class PostingDataset(Dataset):
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        *,
+        image_size: int | None = None,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        tokenizer=None,
+        max_len: int = 32,
+        labels: np.ndarray | None = None,
+        transform: A.Compose | None = None,
+        image_policy: ImagePolicy = "error",
+    ) -> None:
+        self.n = len(df)
+        self.image_size = image_size
+        self.transform = transform
+        self.image_policy = image_policy
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        if image_size:
+            self.paths = df["image_path"].tolist()
+            self.ok = df["image_ok"].to_numpy(dtype=bool) if "image_ok" in df else np.ones(self.n, bool)
+            self.mean = np.asarray(mean, dtype=np.float32) * 255.0
+            self.std = np.asarray(std, dtype=np.float32) * 255.0
+        self.input_ids = self.attention_mask = None
+        if tokenizer is not None:
+            encoded = tokenizer(
+                [str(t) for t in df["title"]],
+                padding="max_length",
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
+            self.input_ids = encoded["input_ids"]
+            self.attention_mask = encoded["attention_mask"]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image(self, i: int) -> torch.Tensor:
+        size = (self.image_size, self.image_size)
+        if self.ok[i]:
+            pil = load_image(self.paths[i], self.image_policy, size)
+        else:  # policy "blank": known-bad image
+            pil = Image.new("RGB", size, (255, 255, 255))
+        arr = np.asarray(pil.resize(size, Image.BILINEAR), dtype=np.uint8)
+        if self.transform is not None:
+            arr = self.transform(image=arr)["image"]
+        arr = (arr.astype(np.float32) - self.mean) / self.std
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item: dict[str, torch.Tensor] = {"index": torch.tensor(i)}
+        if self.labels is not None:
+            item["label"] = self.labels[i]
+        if self.image_size:
+            item["image"] = self.image(i)
+        if self.input_ids is not None:
+            item["input_ids"] = self.input_ids[i]
+            item["attention_mask"] = self.attention_mask[i]
+        return item
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Augmentations in each worker draw from a seed derived from the loader's generator."""
+    info = get_worker_info()
+    dataset = info.dataset
+    seed = info.seed % 2**32
+    if getattr(dataset, "transform", None) is not None:
+        dataset.transform.set_random_seed(seed)
+
+
+def make_loader(
+    dataset: PostingDataset,
+    batch_size: int,
+    indices: Sequence[int] | None = None,
+    *,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader over ``indices`` (in that order) or the whole dataset; deterministic for ``seed``."""
+    sampler = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    generator = torch.Generator().manual_seed(seed)
+    if num_workers == 0 and dataset.transform is not None:
+        dataset.transform.set_random_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        worker_init_fn=_seed_worker if num_workers else None,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )

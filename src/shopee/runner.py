@@ -1,0 +1,123 @@
+"""The command line of an experiment file: ``python exp/exp001.py --fold 0 --data DIR``.
+
+An experiment file is a ``Config`` and a call::
+
+    CFG = Config(...)
+    if __name__ == "__main__":
+        run(CFG, __file__)
+
+The experiment's name is the file's stem. The last line printed is one JSON object:
+``{"exp", "fold", "cv_f1", "kind", "threshold", "seconds"}`` (for ``--fold all``: the mean CV F1
+over the folds, with ``"fold": "all"`` and each fold's line before it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shopee.config import Config, check_fold
+from shopee.errors import ShopeeError
+
+
+def build_parser(exp: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python exp/{exp}.py", description=f"Train experiment {exp}.")
+    parser.add_argument("--fold", required=True, help="fold number, or 'all'")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="competition directory or Kaggle input root [$SHOPEE_DATA, then /kaggle/input]",
+    )
+    parser.add_argument("--output", default="output", help="output root [%(default)s]")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="smoke run: a few batches per stage, tiny images, one epoch per stage",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted fold from its last epoch"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="train a finished fold again")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable), e.g. --set epochs=3",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="train nothing: score the pretrained encoders on the fold (with --fold all: "
+        "on the whole train split at once)",
+    )
+    return parser
+
+
+def _folds(spec: str, n_folds: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_folds))
+    try:
+        fold = int(spec)
+    except ValueError:
+        raise ShopeeError(f"--fold {spec!r}: expected a fold number or 'all'") from None
+    return [check_fold(fold, n_folds)]
+
+
+def run(cfg: Config, exp_file: str, argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, train the requested folds, print one JSON line per fold."""
+    exp = Path(exp_file).stem
+    args = build_parser(exp).parse_args(argv)
+    try:
+        from shopee.data import find_data_dir
+        from shopee.train import train_fold, zero_shot
+
+        cfg = cfg.with_overrides(args.set) if args.set else cfg.validate()
+        if args.print_config:
+            print(cfg.to_json())
+            return 0
+        folds = _folds(args.fold, cfg.n_folds)
+        data_dir = find_data_dir(args.data)
+        if args.zero_shot:
+            fold = None if args.fold == "all" else folds[0]
+            print(json.dumps(zero_shot(cfg, exp, fold, data_dir, debug=args.debug)), flush=True)
+            return 0
+        results = []
+        for fold in folds:
+            result = train_fold(
+                cfg,
+                exp,
+                fold,
+                data_dir,
+                Path(args.output),
+                debug=args.debug,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                code_dir=Path(exp_file).resolve().parent,
+            )
+            results.append(result)
+            print(json.dumps(result), flush=True)
+        if len(folds) > 1:
+            summary = {
+                "exp": exp,
+                "fold": "all",
+                "cv_f1": sum(r["cv_f1"] for r in results) / len(results),
+                "kind": max({r["kind"] for r in results}, key=[r["kind"] for r in results].count),
+                "threshold": sum(r["threshold"] for r in results) / len(results),
+                "seconds": round(sum(r["seconds"] for r in results), 1),
+            }
+            print(json.dumps(summary), flush=True)
+    except ShopeeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0

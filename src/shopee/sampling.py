@@ -1,0 +1,44 @@
+"""Which training rows an epoch visits, in what order: uniform, weighted by group size, balanced.
+
+Every order is drawn from a generator seeded by (seed, epoch), so an epoch is the same whether
+the run was interrupted before it or not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shopee.config import Config
+from shopee.metrics import group_sizes
+
+
+def size_weights(labels: np.ndarray, power: float) -> np.ndarray:
+    """Sample weight ``1 / size**power`` for each row (``power`` 0: uniform), summing to 1."""
+    weights = 1.0 / group_sizes(labels).astype(np.float64) ** power
+    return weights / weights.sum()
+
+
+def balanced_indices(
+    labels: np.ndarray, min_per_class: int, max_per_class: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Each class drawn ``clip(size, min, max)`` times (with replacement only when too small)."""
+    order = np.argsort(labels, kind="stable")
+    _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+    picks = []
+    for start, count in zip(starts, counts, strict=True):
+        members = order[start : start + count]
+        want = int(np.clip(count, min_per_class, max_per_class))
+        picks.append(rng.choice(members, size=want, replace=want > count))
+    out = np.concatenate(picks)
+    return out[rng.permutation(len(out))]
+
+
+def epoch_indices(labels: np.ndarray, cfg: Config, epoch: int) -> np.ndarray:
+    """Row indices (into ``labels``) for one epoch."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    if cfg.balanced:
+        return balanced_indices(labels, cfg.min_per_class, cfg.max_per_class, rng)
+    if cfg.sample_weight_power:
+        p = size_weights(labels, cfg.sample_weight_power)
+        return rng.choice(len(labels), size=len(labels), replace=True, p=p)
+    return rng.permutation(len(labels))

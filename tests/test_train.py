@@ -1,0 +1,139 @@
+"""Experiment files end to end: debug runs as subprocesses, the output contract, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shopee.data import read_split
+from shopee.folds import load_folds
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+
+
+def run_exp(exp: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "exp" / f"{exp}.py"), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{exp} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("exp, kinds", [("exp001", ["img", "txt", "fused"]), ("exp003", ["txt"])])
+def test_debug_run_writes_the_fold_contract(
+    demo_dir: Path, tmp_path: Path, exp: str, kinds: list[str]
+) -> None:
+    out = tmp_path / "output"
+    proc = run_exp(exp, "--fold", "1", "--data", str(demo_dir), "--debug", "--output", str(out))
+    summary = last_json(proc)
+    assert summary["exp"] == exp and summary["fold"] == 1
+    assert summary["kind"] in kinds and 0 < summary["cv_f1"] <= 1
+    fold_dir = out / exp / "fold1"
+    for name in ("config.json", "model.safetensors", "oof_index.parquet", "metrics.json", "train.log"):
+        assert (fold_dir / name).is_file(), name
+    assert not (out / exp / "fold1.partial").exists()
+    assert not list(fold_dir.glob("*.tmp")) and not (fold_dir / "last.pt").exists()
+
+    index = pd.read_parquet(fold_dir / "oof_index.parquet")
+    assert list(index.columns) == ["posting_id", "label_group", "fold"]
+    train = read_split(demo_dir, "train", check_images=False)
+    folds = load_folds(demo_dir, train)
+    expected = train.loc[folds == 1]
+    assert list(index["posting_id"]) == list(expected["posting_id"])  # exactly the validation rows
+    assert list(index["label_group"]) == list(expected["label_group"])
+    assert (index["fold"] == 1).all()
+    for kind in kinds:
+        array = np.load(fold_dir / f"oof_{kind}.npy")
+        assert array.shape[0] == len(index)
+        np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1.0, atol=1e-4)
+    assert sorted(p.stem[4:] for p in fold_dir.glob("oof_*.npy")) == sorted(kinds)
+
+    config = json.loads((fold_dir / "config.json").read_text())
+    assert config["seed"] == 42 and config["debug"] is True and config["git_commit"]
+    assert config["config"]["image_size"] <= 64 or not config["config"]["image_model"]
+    metrics = json.loads((fold_dir / "metrics.json").read_text())
+    assert metrics["finished"] is True and metrics["summary"] == summary
+    epoch = metrics["epochs"][-1]
+    assert set(epoch["scores"]) == set(kinds)
+    for score in epoch["scores"].values():
+        assert {"f1", "threshold", "recall@1", "recall@5", "recall@10"} <= set(score)
+    assert np.isfinite(epoch["loss"])
+
+    # A finished fold is left alone without --overwrite.
+    before = (fold_dir / "model.safetensors").stat().st_mtime_ns
+    again = run_exp(exp, "--fold", "1", "--data", str(demo_dir), "--debug", "--output", str(out))
+    assert "already finished" in again.stdout and last_json(again) == summary
+    assert (fold_dir / "model.safetensors").stat().st_mtime_ns == before
+
+
+def _kill_after_first_epoch(cmd: list[str], checkpoint: Path) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "epoch 1/2" in line:
+            break
+    deadline = time.time() + 60
+    while not checkpoint.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.is_file(), "the run died before writing its first checkpoint"
+
+
+def test_resume_gives_the_uninterrupted_result(demo_dir: Path, tmp_path: Path) -> None:
+    two_stages = '[{"epochs": 1, "train": ["neck", "head"]}, {"epochs": 1, "train": ["all"]}]'
+    common = ["--fold", "0", "--data", str(demo_dir), "--debug", "--set", f"stages={two_stages}"]
+    run_exp("exp003", *common, "--output", str(tmp_path / "a"))
+    run_exp("exp003", *common, "--output", str(tmp_path / "b"))
+    cmd = [sys.executable, str(ROOT / "exp" / "exp003.py"), *common, "--output", str(tmp_path / "c")]
+    _kill_after_first_epoch(cmd, tmp_path / "c" / "exp003" / "fold0.partial" / "last.pt")
+    assert not (tmp_path / "c" / "exp003" / "fold0").exists()  # no finished-looking output
+    resumed = run_exp("exp003", *common, "--output", str(tmp_path / "c"), "--resume")
+    assert "resuming exp003 fold 0 after epoch 1/2" in resumed.stdout
+
+    a, b, c = (np.load(tmp_path / x / "exp003" / "fold0" / "oof_txt.npy") for x in "abc")
+    np.testing.assert_array_equal(a, b)  # same seed, same embeddings
+    np.testing.assert_array_equal(a, c)  # a killed and resumed run ends where an unbroken one does
+    metrics = json.loads((tmp_path / "c" / "exp003" / "fold0" / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--fold", "7"], "--fold 7"),
+        (["--fold", "0", "--set", "epochz=2"], "epochz"),
+        (["--fold", "0", "--set", "epochs=two"], "epochs"),
+        (["--fold", "0", "--set", "text_model=no-such-org/no-such-model"], "no-such-org/no-such-model"),
+        (["--fold", "0", "--data", "/no/such/dir"], "/no/such/dir"),
+    ],
+)
+def test_bad_input_is_one_line(demo_dir: Path, tmp_path: Path, args: list[str], named: str) -> None:
+    if "--data" not in args:
+        args = [*args, "--data", str(demo_dir)]
+    proc = run_exp("exp003", *args, "--debug", "--output", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and named in err[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
