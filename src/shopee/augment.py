@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import albumentations as A
@@ -19,8 +20,15 @@ def build_augment(spec: list[dict[str, Any]]) -> A.Compose | None:
         if not isinstance(cls, type) or not issubclass(cls, A.BasicTransform):
             raise ConfigError(f"augment[{i}]: {name!r} is not an albumentations transform")
         try:
-            transforms.append(cls(**kwargs))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                transforms.append(cls(**kwargs))
         except (TypeError, ValueError) as exc:
             reason = " ".join(str(exc).split())[:200]
             raise ConfigError(f"augment[{i}] ({name}): {reason}") from None
+        # albumentations only warns about unknown arguments and then ignores them: a typo in a
+        # config would silently change nothing.
+        for warning in caught:
+            if "not valid" in str(warning.message):
+                raise ConfigError(f"augment[{i}] ({name}): {warning.message}")
     return A.Compose(transforms) if transforms else None

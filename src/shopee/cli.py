@@ -84,6 +84,24 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
         print(json.dumps(result))
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> None:
+    from shopee.bench import bench_train
+    from shopee.runner import load_experiment
+
+    exp, cfg = load_experiment(args.exp)
+    if args.set:
+        cfg = cfg.with_overrides(args.set)
+    result = bench_train(cfg, find_data_dir(args.data), batches=args.batches)
+    print(f"{exp} on {result['device']}, batch {result['batch_size']}, {result['num_workers']} workers:")
+    for what in ("train", "embed"):
+        print(
+            f"  {what:<6} real loader {result[f'{what}_loader_per_s']:8.1f} samples/s   "
+            f"ready tensors {result[f'{what}_tensors_per_s']:8.1f} samples/s   "
+            f"ratio {result[f'{what}_ratio']:.3f}"
+        )
+    print(json.dumps({"exp": exp, **result}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shopee",
@@ -121,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--n-folds", type=int, default=5, help="GroupKFold folds [%(default)s]")
     base.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     base.set_defaults(func=_cmd_baselines)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures (not tests)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    bench_train = bench_sub.add_parser(
+        "train", help="training and embedding throughput: real loader vs tensors"
+    )
+    bench_train.add_argument("--data", default=None, help=DATA_HELP)
+    bench_train.add_argument("--exp", required=True, help="experiment name (exp/NAME.py) or path")
+    bench_train.add_argument("--batches", type=int, default=10, help="timed batches [%(default)s]")
+    bench_train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
+    bench_train.set_defaults(func=_cmd_bench_train)
     return parser
 
 

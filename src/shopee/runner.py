@@ -121,3 +121,24 @@ def run(cfg: Config, exp_file: str, argv: Sequence[str] | None = None) -> int:
         print("interrupted (continue with --resume)", file=sys.stderr)
         return 130
     return 0
+
+
+def load_experiment(spec: str) -> tuple[str, Config]:
+    """An experiment's name and ``CFG`` from ``exp001``, ``exp/exp001.py`` or any path to one."""
+    import importlib.util
+
+    path = Path(spec)
+    if not path.suffix:
+        path = Path("exp") / f"{spec}.py"
+    if not path.is_file():
+        raise ShopeeError(f"{path}: no such experiment file")
+    module_spec = importlib.util.spec_from_file_location(f"_shopee_exp_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - an experiment file is user code
+        raise ShopeeError(f"{path}: failed to load ({type(exc).__name__}: {exc})") from None
+    cfg = getattr(module, "CFG", None)
+    if not isinstance(cfg, Config):
+        raise ShopeeError(f"{path}: defines no CFG = Config(...)")
+    return path.stem, cfg

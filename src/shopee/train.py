@@ -82,7 +82,7 @@ def load_fold_data(cfg: Config, data_dir: Path, fold: int, debug: bool) -> FoldD
     return FoldData(trn, valid, codes.astype(np.int64), len(uniques))
 
 
-def _datasets(cfg: Config, model: ShopeeModel, data: FoldData) -> tuple[PostingDataset, PostingDataset]:
+def make_datasets(cfg: Config, model: ShopeeModel, data: FoldData) -> tuple[PostingDataset, PostingDataset]:
     image_kwargs: dict[str, Any] = {}
     if model.image is not None:
         image_kwargs = dict(image_size=cfg.image_size, mean=model.image.mean, std=model.image.std)
@@ -158,7 +158,8 @@ def train_fold(
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and cfg.amp and not torch.cuda.is_bf16_supported())
-    train_ds, valid_ds = _datasets(cfg, model, data)
+    stepper = Stepper(model, optimizer, scaler, cfg, device, channels_last)
+    train_ds, valid_ds = make_datasets(cfg, model, data)
     valid_loader = make_loader(valid_ds, cfg.eval_batch_size, num_workers=cfg.num_workers, pin_memory=on_cuda)
     valid_labels = data.valid["label_group"].to_numpy()
     kinds = embedding_kinds(cfg)
@@ -207,22 +208,7 @@ def train_fold(
             model.set_margin(margin)
             if cfg.adaptive_margin:
                 model.set_class_margins(class_sizes.to(device), margin / cfg.margin)
-            loss = _train_epoch(
-                model,
-                train_ds,
-                data.train_labels,
-                cfg,
-                e,
-                optimizer,
-                scheduler,
-                scaler,
-                device,
-                channels_last,
-                debug,
-            )
-            valid_loader = make_loader(
-                valid_ds, cfg.eval_batch_size, num_workers=cfg.num_workers, pin_memory=on_cuda
-            )
+            loss = _train_epoch(stepper, train_ds, data.train_labels, e, scheduler, debug)
             embeddings = embed(model, valid_loader, device, cfg.amp, channels_last, desc="validation")
             scores = {k: evaluate_embeddings(embeddings[k], valid_labels, cfg.eval_k) for k in kinds}
             entry = {
@@ -295,7 +281,7 @@ def zero_shot(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     model = ShopeeModel(cfg, max(data.n_classes, 1)).to(device)
-    _, valid_ds = _datasets(cfg, model, data)
+    _, valid_ds = make_datasets(cfg, model, data)
     loader = make_loader(valid_ds, cfg.eval_batch_size, num_workers=cfg.num_workers)
     embeddings = embed(model, loader, device, cfg.amp, desc="zero-shot")
     labels = data.valid["label_group"].to_numpy()
@@ -313,19 +299,44 @@ def _steps_per_epoch(n_rows: int, cfg: Config, debug: bool) -> int:
     return max(1, math.ceil(n / cfg.accum_steps))
 
 
+@dataclass
+class Stepper:
+    """One optimisation step: forward, backward, and (every ``accum_steps``) the update."""
+
+    model: ShopeeModel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    cfg: Config
+    device: torch.device
+    channels_last: bool
+
+    def __call__(self, batch: dict[str, torch.Tensor], update: bool, where: str = "") -> float:
+        batch = to_device(batch, self.device, self.channels_last)
+        with autocast(self.device, self.cfg.amp):
+            loss = self.model(batch)["loss"]
+        if not torch.isfinite(loss):
+            raise ShopeeError(f"loss is {loss.item()} {where}: lower the learning rates")
+        self.scaler.scale(loss / self.cfg.accum_steps).backward()
+        if update:
+            if self.cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                trainable = [p for p in self.model.parameters() if p.requires_grad]
+                torch.nn.utils.clip_grad_norm_(trainable, self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+
 def _train_epoch(
-    model: ShopeeModel,
+    stepper: Stepper,
     dataset: PostingDataset,
     labels: np.ndarray,
-    cfg: Config,
     epoch: int,
-    optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
-    scaler: torch.amp.GradScaler,
-    device: torch.device,
-    channels_last: bool,
     debug: bool,
 ) -> float:
+    cfg, model = stepper.cfg, stepper.model
     torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and anything else drawing from torch
     indices = epoch_indices(labels, cfg, epoch)
     if debug:
@@ -337,32 +348,18 @@ def _train_epoch(
         num_workers=cfg.num_workers,
         seed=cfg.seed * 1000 + epoch,
         drop_last=True,
-        pin_memory=device.type == "cuda",
+        pin_memory=stepper.device.type == "cuda",
     )
     model.train()
     freeze_batchnorm_stats(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     total, count = 0.0, 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=None, mininterval=2.0)
-    optimizer.zero_grad(set_to_none=True)
+    stepper.optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(bar):
-        batch = to_device(batch, device, channels_last)
-        with autocast(device, cfg.amp):
-            loss = model(batch)["loss"]
-        if not torch.isfinite(loss):
-            raise ShopeeError(
-                f"loss is {loss.item()} at epoch {epoch + 1} step {step + 1}: lower the learning rates"
-            )
-        scaler.scale(loss / cfg.accum_steps).backward()
-        if (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader):
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+        update = (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader)
+        total += stepper(batch, update, where=f"at epoch {epoch + 1} step {step + 1}")
+        if update:
             scheduler.step()
-        total += loss.item()
         count += 1
         bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
     return total / max(count, 1)
