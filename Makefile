@@ -18,12 +18,19 @@ setup: $(STAMP)
 $(DEMO_DIR)/train.csv: | $(STAMP)
 	$(BIN)/python -m shopee demo-data --out $(DEMO_DIR)
 
-# The main job on the embedded demo data (today: data + baselines; later: train, optimize, kernel).
+# The main job on the embedded demo data: data, baselines, then two experiments on folds 0 and 1
+# with a short schedule (outputs in output/demo/; finished folds are not trained again).
+DEMO_OUT ?= output/demo
+DEMO_TRAIN = --data $(DEMO_DIR) --output $(DEMO_OUT)
 demo: setup
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory $(DEMO_DIR)/train.csv && \
 	$(BIN)/python -m shopee check-data --data $(DEMO_DIR) && \
 	$(BIN)/python -m shopee baselines --data $(DEMO_DIR) && \
+	for fold in 0 1; do \
+	  $(BIN)/python exp/exp003.py --fold $$fold $(DEMO_TRAIN) --set epochs=2 || exit 1; \
+	  $(BIN)/python exp/exp001.py --fold $$fold $(DEMO_TRAIN) --set epochs=1 || exit 1; \
+	done && \
 	echo "make demo finished in $$(( $$(date +%s) - start )) s"
 
 lint: setup

@@ -137,3 +137,44 @@ def test_bad_input_is_one_line(demo_dir: Path, tmp_path: Path, args: list[str], 
     err = [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
     assert len(err) == 1 and named in err[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_train_prints_rates_and_ratios(demo_copy: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shopee",
+            "bench",
+            "train",
+            "--data",
+            str(demo_copy),
+            "--exp",
+            str(ROOT / "exp" / "exp001.py"),
+            "--batches",
+            "2",
+            "--set",
+            "image_size=32",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "eval_batch_size=8",
+            "--set",
+            "num_workers=0",
+            "--set",
+            "n_folds=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["exp"] == "exp001"
+    for key in ("train_loader_per_s", "train_tensors_per_s", "embed_loader_per_s", "embed_tensors_per_s"):
+        assert result[key] > 0
+    assert np.isclose(
+        result["train_ratio"], result["train_loader_per_s"] / result["train_tensors_per_s"], rtol=0.01
+    )

@@ -549,7 +549,9 @@ def create_text_encoder(
     directory needs a config and a tokenizer only).
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per tensor group; the training log says what loaded
     source = resolve_text_model(name, weights)
     tokenizer = _guard(
         f"text model {name!r}: cannot load the tokenizer from {source}",
