@@ -18,8 +18,9 @@ setup: $(STAMP)
 $(DEMO_DIR)/train.csv: | $(STAMP)
 	$(BIN)/python -m shopee demo-data --out $(DEMO_DIR)
 
-# The main job on the embedded demo data: data, baselines, then two experiments on folds 0 and 1
-# with a short schedule (outputs in output/demo/; finished folds are not trained again).
+# The main job on the embedded demo data: data, baselines, two experiments on folds 0 and 1 with
+# a short schedule (outputs in output/demo/; finished folds are not trained again), then the
+# matching rule tuned on their out-of-fold embeddings.
 DEMO_OUT ?= output/demo
 DEMO_TRAIN = --data $(DEMO_DIR) --output $(DEMO_OUT)
 demo: setup
@@ -31,6 +32,7 @@ demo: setup
 	  $(BIN)/python exp/exp003.py --fold $$fold $(DEMO_TRAIN) --set epochs=2 || exit 1; \
 	  $(BIN)/python exp/exp001.py --fold $$fold $(DEMO_TRAIN) --set epochs=1 || exit 1; \
 	done && \
+	$(BIN)/python -m shopee optimize-ensemble exp001 exp003 $(DEMO_TRAIN) --name demo --tfidf --phash && \
 	echo "make demo finished in $$(( $$(date +%s) - start )) s"
 
 lint: setup

@@ -294,3 +294,66 @@ def test_top_k_pairs_with_ties_keeps_k_best_values() -> None:
     assert pairs.rows.tolist() == [0, 0, 1]
     assert pairs.cols[0] == 2 and pairs.cols[1] in (1, 3) and pairs.cols[2] == 0
     np.testing.assert_allclose(pairs.sims, [0.9, 0.5, 0.2])
+
+
+# --------------------------------------------------------------------------------------------
+# TF-IDF with character n-grams
+# --------------------------------------------------------------------------------------------
+
+
+def dense_tfidf(titles: list[str], analyzer: str, ngram_range: tuple[int, int]) -> np.ndarray:
+    """An independent dense TF-IDF: sklearn's vectorizer, rows L2-normalized with numpy."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    x = TfidfVectorizer(binary=True, analyzer=analyzer, ngram_range=ngram_range, norm=None).fit_transform(
+        titles
+    )
+    x = x.toarray().astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+
+
+@pytest.mark.parametrize(
+    ("analyzer", "ngram_range", "seed"),
+    [("char_wb", None, 0), ("char_wb", (2, 3), 1), ("both", None, 2), ("both", (3, 3), 3)],
+)
+def test_tfidf_char_and_both_match_dense(analyzer: str, ngram_range, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    titles = random_titles(rng, 200, vocab_size=40)
+    chars = (3, 5) if ngram_range is None else ngram_range
+    if analyzer == "char_wb":
+        dense = dense_tfidf(titles, "char_wb", chars)
+    else:
+        parts = np.hstack([dense_tfidf(titles, "word", (1, 1)), dense_tfidf(titles, "char_wb", chars)])
+        dense = parts / np.linalg.norm(parts, axis=1, keepdims=True)
+    x = tfidf_matrix(titles, analyzer=analyzer, ngram_range=ngram_range)
+    np.testing.assert_allclose(
+        np.sort(dense_cosine(x.toarray()).ravel()), np.sort(dense_cosine(dense).ravel()), atol=TOL
+    )
+    min_sim = threshold_between_levels(dense, 0.4)
+    pairs = tfidf_pairs(titles, min_sim=min_sim, k=5, analyzer=analyzer, ngram_range=ngram_range)
+    assert_well_formed(pairs, 5)
+    assert check_against_dense(pairs, dense, min_sim, 5) >= 30
+
+
+def test_tfidf_both_is_the_mean_of_word_and_char_cosines() -> None:
+    titles = ["red cotton shirt", "red shirt kids", "blue phone case", "samsung phone case"]
+    word = dense_cosine(tfidf_matrix(titles, "word").toarray())
+    char = dense_cosine(tfidf_matrix(titles, "char_wb").toarray())
+    both = dense_cosine(tfidf_matrix(titles, "both").toarray())
+    off = ~np.eye(4, dtype=bool)
+    np.testing.assert_allclose(both[off], (word[off] + char[off]) / 2, atol=TOL)
+    # Character n-grams see a typo that words miss.
+    typo = tfidf_pairs(["samsung galaxy", "samsnug galaxy"], min_sim=0.0, analyzer="char_wb")
+    words = tfidf_pairs(["samsung galaxy", "samsnug galaxy"], min_sim=0.0, analyzer="word")
+    assert typo.sims[0] > words.sims[0]
+
+
+def test_tfidf_bad_analyzer_and_missing_titles() -> None:
+    from shopee.errors import ShopeeError
+
+    with pytest.raises(ShopeeError, match="analyzer 'chars'"):
+        tfidf_matrix(["a b"], analyzer="chars")
+    with pytest.raises(ShopeeError, match="ngram_range"):
+        tfidf_matrix(["a b"], analyzer="char_wb", ngram_range=(3, 2))
+    pairs = tfidf_pairs(["red shirt", None, float("nan"), "red shirt"], min_sim=0.5, analyzer="both")
+    assert list(zip(pairs.rows.tolist(), pairs.cols.tolist(), strict=True)) == [(0, 3), (3, 0)]

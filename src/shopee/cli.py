@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from shopee.data import IMAGE_POLICIES, SPLITS, find_data_dir, read_split
 from shopee.errors import ShopeeError
@@ -102,6 +103,27 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     print(json.dumps({"exp": exp, **result}))
 
 
+def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
+    from shopee.ensemble import optimize_ensemble, summary_table
+
+    output = Path(args.output)
+    result = optimize_ensemble(
+        args.experiments,
+        find_data_dir(args.data),
+        args.name,
+        output,
+        use_tfidf=args.tfidf,
+        use_phash=args.phash,
+        objective=args.objective,
+        backend=args.backend,
+    )
+    ensemble = json.loads((output / "ensembles" / f"{args.name}.json").read_text())
+    print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    folder = output / "ensembles"
+    print(f"wrote {folder / (args.name + '.json')} and its report in {folder / args.name}")
+    print(json.dumps(result))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shopee",
@@ -139,6 +161,27 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--n-folds", type=int, default=5, help="GroupKFold folds [%(default)s]")
     base.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     base.set_defaults(func=_cmd_baselines)
+
+    opt = sub.add_parser("optimize-ensemble", help="search matching thresholds and rules on CV F1")
+    opt.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (output/EXP/foldK)")
+    opt.add_argument("--data", default=None, help=DATA_HELP)
+    opt.add_argument("--name", required=True, help="ensemble name: writes OUTPUT/ensembles/NAME.json")
+    opt.add_argument("--output", default="output", help="output root [%(default)s]")
+    opt.add_argument("--tfidf", action="store_true", help="TF-IDF on titles as a member")
+    opt.add_argument("--phash", action="store_true", help="image phash as a member")
+    opt.add_argument(
+        "--objective",
+        choices=("all", "fold"),
+        default="all",
+        help="maximize F1 across all OOF rows (denser, like the test) or within folds [%(default)s]",
+    )
+    opt.add_argument(
+        "--backend",
+        choices=("torch", "faiss", "cuml", "auto"),
+        default="torch",
+        help="kNN backend [%(default)s]",
+    )
+    opt.set_defaults(func=_cmd_optimize_ensemble)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures (not tests)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")

@@ -1,0 +1,114 @@
+"""Sparse candidate pair lists: ``Pairs`` and the helpers that build, merge and cut them.
+
+A ``Pairs`` holds candidate matches ``rows[i] -> cols[i]`` with similarity ``sims[i]``, sorted by
+row and, within a row, by similarity (best first); self pairs are never stored (every posting
+matches itself implicitly) and a row holds at most ``MAX_OTHERS`` others unless said otherwise.
+Nothing here is dense in n x n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_OTHERS = 50  # Shopee groups have at most 51 postings: a row has at most 50 others
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Candidate matches ``rows[i] -> cols[i]`` with similarity ``sims[i]`` among ``n`` postings."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    sims: np.ndarray
+    n: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def empty(cls, n: int) -> Pairs:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(none, none.copy(), np.zeros(0, dtype=np.float32), n)
+
+    def select(self, keep: np.ndarray) -> Pairs:
+        """The pairs where the boolean mask (or index array) ``keep`` selects them, order kept."""
+        return Pairs(self.rows[keep], self.cols[keep], self.sims[keep], self.n)
+
+    def above(self, threshold: float) -> Pairs:
+        """Pairs with ``sims >= threshold``."""
+        return self.select(self.sims >= threshold)
+
+    def counts(self) -> np.ndarray:
+        """Number of pairs (others matched) of each row, length ``n``."""
+        return np.bincount(self.rows, minlength=self.n)
+
+    def row_bounds(self) -> np.ndarray:
+        """``n + 1`` offsets: row ``i``'s pairs are ``[bounds[i], bounds[i + 1])`` (pairs sorted by row)."""
+        return np.searchsorted(self.rows, np.arange(self.n + 1))
+
+    def with_self(self) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted ``(rows, cols)`` including each row's match with itself."""
+        idx = np.arange(self.n, dtype=np.int64)
+        return np.concatenate([idx, self.rows]), np.concatenate([idx, self.cols])
+
+
+def top_k_pairs(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k: int) -> Pairs:
+    """Keep the ``k`` most similar candidates per row (self excluded), sorted best first.
+
+    Equal similarities keep their input order (ties aside, any backend gives the same pairs).
+    """
+    rows, cols, sims = np.asarray(rows), np.asarray(cols), np.asarray(sims)
+    not_self = rows != cols
+    rows, cols, sims = rows[not_self], cols[not_self], sims[not_self]
+    if sims.size and sims.min() >= -1.5 and sims.max() < 2.5:
+        # One float64 key sorts by row, then similarity descending: far faster than lexsort.
+        order = np.argsort(rows * 4.0 + (1.5 - sims.astype(np.float64)), kind="stable")
+    else:
+        order = np.lexsort((-sims, rows))
+    rows, cols, sims = rows[order], cols[order], sims[order]
+    starts = np.searchsorted(rows, rows, side="left")
+    keep = (np.arange(len(rows)) - starts) < k
+    return Pairs(rows[keep].astype(np.int64), cols[keep].astype(np.int64), sims[keep], n)
+
+
+def concat_pairs(parts: Sequence[Pairs], n: int) -> Pairs:
+    """The pairs of ``parts`` one after the other (no sorting, no deduplication)."""
+    for p in parts:
+        if p.n != n:
+            raise ValueError(f"pair list over {p.n} rows, expected {n}")
+    if not parts:
+        return Pairs.empty(n)
+    return Pairs(
+        np.concatenate([p.rows for p in parts]).astype(np.int64, copy=False),
+        np.concatenate([p.cols for p in parts]).astype(np.int64, copy=False),
+        np.concatenate([np.asarray(p.sims, dtype=np.float32) for p in parts]),
+        n,
+    )
+
+
+def union_pairs(parts: Sequence[Pairs], n: int, k: int = MAX_OTHERS) -> Pairs:
+    """Union of pair lists: each ``(row, col)`` once with the highest similarity any list gives it,
+    then the ``k`` best per row, sorted like ``top_k_pairs`` (ties: lower column first)."""
+    pairs = concat_pairs(parts, n)
+    if not len(pairs):
+        return pairs
+    keys = pairs.rows * np.int64(n) + pairs.cols
+    order = np.lexsort((-pairs.sims.astype(np.float64), keys))
+    keys = keys[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    pick = order[first]  # key ascending: row, then column
+    return top_k_pairs(pairs.rows[pick], pairs.cols[pick], pairs.sims[pick], n, k)
+
+
+def neighbour_matrix(pairs: Pairs, k: int) -> np.ndarray:
+    """``n x k`` neighbour indices, best first, padded with -1 (for Recall@K)."""
+    out = np.full((pairs.n, k), -1, dtype=np.int64)
+    starts = np.searchsorted(pairs.rows, pairs.rows, side="left")
+    rank = np.arange(len(pairs.rows)) - starts
+    keep = rank < k
+    out[pairs.rows[keep], rank[keep]] = pairs.cols[keep]
+    return out
