@@ -19,8 +19,8 @@ $(DEMO_DIR)/train.csv: | $(STAMP)
 	$(BIN)/python -m shopee demo-data --out $(DEMO_DIR)
 
 # The main job on the embedded demo data: data, baselines, two experiments on folds 0 and 1 with
-# a short schedule (outputs in output/demo/; finished folds are not trained again), then the
-# matching rule tuned on their out-of-fold embeddings.
+# a short schedule (outputs in output/demo/; finished folds are not trained again), the matching
+# rule tuned on their out-of-fold embeddings, a submission for the demo test set and its F1.
 DEMO_OUT ?= output/demo
 DEMO_TRAIN = --data $(DEMO_DIR) --output $(DEMO_OUT)
 demo: setup
@@ -33,6 +33,9 @@ demo: setup
 	  $(BIN)/python exp/exp001.py --fold $$fold $(DEMO_TRAIN) --set epochs=1 || exit 1; \
 	done && \
 	$(BIN)/python -m shopee optimize-ensemble exp001 exp003 $(DEMO_TRAIN) --name demo --tfidf --phash && \
+	$(BIN)/python -m shopee predict --ensemble $(DEMO_OUT)/ensembles/demo.json --data $(DEMO_DIR) \
+	  --out $(DEMO_OUT)/submission.csv && \
+	$(BIN)/python -m shopee score --submission $(DEMO_OUT)/submission.csv --labels $(DEMO_DIR)/test_labels.csv && \
 	echo "make demo finished in $$(( $$(date +%s) - start )) s"
 
 lint: setup

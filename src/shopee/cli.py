@@ -124,6 +124,59 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from shopee.predict import predict, write_submission
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    submission = predict(
+        Path(args.ensemble),
+        find_data_dir(args.data),
+        output=Path(args.output) if args.output else None,
+        split=args.split,
+        image_policy=args.image_policy,
+        backend=args.backend,
+        timings=timings,
+    )
+    write_submission(submission, Path(args.out))
+    for stage, seconds in timings.items():
+        print(f"  {stage:<32} {seconds:8.2f} s")
+    sizes = submission["matches"].str.count(" ") + 1
+    print(f"wrote {args.out}: {len(submission)} rows, {sizes.mean():.2f} matches per row on average")
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "rows": len(submission),
+                "mean_matches": round(float(sizes.mean()), 3),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    )
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+
+    from shopee.data import read_csv_checked
+    from shopee.metrics import score_submission
+
+    submission, _ = read_csv_checked(Path(args.submission), ["posting_id", "matches"])
+    labels, _ = read_csv_checked(Path(args.labels), ["posting_id", "label_group"])
+    try:
+        score = score_submission(submission, labels.astype({"label_group": str}))
+    except ValueError as exc:
+        raise ShopeeError(f"{args.submission}: {exc}") from None
+    print(
+        f"{args.submission}: F1 {score.f1:.4f}, precision {score.precision:.4f}, recall {score.recall:.4f} "
+        f"on {len(labels)} rows"
+    )
+    print(
+        json.dumps(
+            {"f1": score.f1, "precision": score.precision, "recall": score.recall, "rows": len(labels)}
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shopee",
@@ -182,6 +235,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="kNN backend [%(default)s]",
     )
     opt.set_defaults(func=_cmd_optimize_ensemble)
+
+    pred = sub.add_parser("predict", help="embed and match a split with a tuned ensemble; write a submission")
+    pred.add_argument("--ensemble", required=True, help="OUTPUT/ensembles/NAME.json")
+    pred.add_argument("--data", default=None, help=DATA_HELP)
+    pred.add_argument("--out", default="submission.csv", help="submission file [%(default)s]")
+    pred.add_argument("--output", default=None, help="experiments' output root [the folder above ensembles/]")
+    pred.add_argument(
+        "--split", choices=("test", "train"), default="test", help="rows to predict [%(default)s]"
+    )
+    pred.add_argument(
+        "--image-policy",
+        choices=IMAGE_POLICIES,
+        default="blank",
+        help="a test image that will not open: blank keeps the submission complete [%(default)s]",
+    )
+    pred.add_argument(
+        "--backend",
+        choices=("torch", "faiss", "cuml", "auto"),
+        default="torch",
+        help="kNN backend [%(default)s]",
+    )
+    pred.set_defaults(func=_cmd_predict)
+
+    score = sub.add_parser(
+        "score", help="F1 of a submission against labels (e.g. the demo's test_labels.csv)"
+    )
+    score.add_argument("--submission", required=True, help="posting_id,matches CSV")
+    score.add_argument("--labels", required=True, help="posting_id,label_group CSV")
+    score.set_defaults(func=_cmd_score)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures (not tests)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")

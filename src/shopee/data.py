@@ -111,11 +111,11 @@ def normalize_title(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def read_csv_checked(path: Path, columns: Iterable[str]) -> pd.DataFrame:
+def read_csv_checked(path: Path, columns: Iterable[str]) -> tuple[pd.DataFrame, np.ndarray]:
     """Read a CSV as strings and check it is non-empty, well-formed and has ``columns``.
 
-    Blank lines are dropped; the ``line`` attribute (``df.attrs["line"]``) keeps each row's
-    1-based line number in the file so errors can point at it.
+    Blank lines are dropped. Returns the rows and each row's 1-based line number in the file, so
+    errors can point at it.
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -139,12 +139,10 @@ def read_csv_checked(path: Path, columns: Iterable[str]) -> pd.DataFrame:
     df = df.loc[~blank].reset_index(drop=True)
     if df.empty:
         raise DataError(f"{path}: no rows after the header")
-    df.attrs["line"] = lines
-    return df
+    return df, lines
 
 
-def _validate_ids(path: Path, df: pd.DataFrame) -> None:
-    lines = df.attrs["line"]
+def _validate_ids(path: Path, df: pd.DataFrame, lines: np.ndarray) -> None:
     ids = df["posting_id"].str.strip()
     empty = np.flatnonzero((ids == "").to_numpy())
     if empty.size:
@@ -159,15 +157,14 @@ def _validate_ids(path: Path, df: pd.DataFrame) -> None:
         )
 
 
-def _parse_label_group(path: Path, df: pd.DataFrame) -> np.ndarray:
+def _parse_label_group(path: Path, df: pd.DataFrame, lines: np.ndarray) -> np.ndarray:
     values = df["label_group"]
     text = values.str.strip()
     ok = text.str.fullmatch(r"[+-]?\d+").to_numpy(dtype=bool)
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
         raise DataError(
-            f"{path}: line {df.attrs['line'][row]}: column label_group: {values.iloc[row]!r} "
-            "is not an integer"
+            f"{path}: line {lines[row]}: column label_group: {values.iloc[row]!r} is not an integer"
         )
     try:
         return text.astype("int64").to_numpy()
@@ -197,8 +194,8 @@ def read_split(
     data_dir = Path(data_dir)
     path = data_dir / f"{split}.csv"
     columns = TRAIN_COLUMNS if split == "train" else TEST_COLUMNS
-    raw = read_csv_checked(path, columns)
-    _validate_ids(path, raw)
+    raw, lines = read_csv_checked(path, columns)
+    _validate_ids(path, raw, lines)
 
     df = pd.DataFrame(
         {
@@ -210,7 +207,7 @@ def read_split(
         }
     )
     if split == "train":
-        df["label_group"] = _parse_label_group(path, raw)
+        df["label_group"] = _parse_label_group(path, raw, lines)
 
     images_dir = data_dir / f"{split}_images"
     if images_dir.is_dir():
@@ -219,7 +216,7 @@ def read_split(
         df["image_path"] = ""
     df["image_ok"] = df["image_path"] != ""
     if check_images and images_dir.is_dir():
-        df = apply_image_policy(df, path, raw.attrs["line"], image_policy)
+        df = apply_image_policy(df, path, lines, image_policy)
     return df.reset_index(drop=True)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,25 @@ def recall_at_k(
         return {f"recall@{k}": float("nan") for k in ks}
     hit_rank = np.where(same.any(axis=1), same.argmax(axis=1), np.iinfo(np.int64).max)
     return {f"recall@{k}": float((hit_rank[has_match] < k).mean()) for k in ks}
+
+
+def score_submission(submission: pd.DataFrame, labels: pd.DataFrame) -> MatchScore:
+    """Competition F1 of a ``posting_id, matches`` submission against ``posting_id, label_group``.
+
+    Every labelled posting must appear exactly once; the truth of a row is every posting of its
+    label group (itself included).
+    """
+    if submission["posting_id"].duplicated().any():
+        raise ValueError(
+            f"posting_id {submission['posting_id'][submission['posting_id'].duplicated()].iloc[0]!r} "
+            "appears twice in the submission"
+        )
+    missing = set(labels["posting_id"]) - set(submission["posting_id"])
+    if missing:
+        raise ValueError(
+            f"{len(missing)} labelled postings have no row in the submission, e.g. {min(missing)!r}"
+        )
+    groups = labels.groupby("label_group")["posting_id"].apply(set)
+    truth = labels["label_group"].map(groups)
+    predicted = submission.set_index("posting_id")["matches"].reindex(labels["posting_id"]).fillna("")
+    return score_sets([m.split() for m in predicted], list(truth))

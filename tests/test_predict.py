@@ -1,0 +1,175 @@
+"""predict and score: a submission from trained folds and a tuned ensemble, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from shopee.cli import main
+from shopee.data import read_split
+from shopee.predict import embed_rows, load_fold_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory, small_demo_dir: Path) -> tuple[Path, Path]:
+    """exp003 debug-trained on folds 0 and 1 of a copy of the small demo, and an ensemble on them."""
+    root = tmp_path_factory.mktemp("predict")
+    data = Path(shutil.copytree(small_demo_dir, root / "data"))
+    out = root / "output"
+    for fold in ("0", "1"):
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "exp" / "exp003.py"),
+                "--fold",
+                fold,
+                "--data",
+                str(data),
+                "--debug",
+                "--output",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    assert (
+        main(
+            [
+                "optimize-ensemble",
+                "exp003",
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--name",
+                "t",
+                "--tfidf",
+            ]
+        )
+        == 0
+    )
+    return out, data
+
+
+def test_predict_writes_a_complete_submission(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    out, data = tuned
+    sub_path = tmp_path / "submission.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--ensemble",
+                str(out / "ensembles" / "t.json"),
+                "--data",
+                str(data),
+                "--out",
+                str(sub_path),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    sub = pd.read_csv(sub_path, dtype=str)
+    test = pd.read_csv(data / "test.csv", dtype=str)
+    assert list(sub.columns) == ["posting_id", "matches"]
+    assert list(sub["posting_id"]) == list(test["posting_id"])  # each test posting exactly once
+    ids = set(test["posting_id"])
+    for pid, matches in zip(sub["posting_id"], sub["matches"], strict=True):
+        items = matches.split(" ")
+        assert items[0] == pid and len(items) == len(set(items)) <= 51 and set(items) <= ids
+    assert summary["rows"] == len(test)
+
+    # Deterministic, and the score command reads it.
+    sub_path2 = tmp_path / "again.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--ensemble",
+                str(out / "ensembles" / "t.json"),
+                "--data",
+                str(data),
+                "--out",
+                str(sub_path2),
+            ]
+        )
+        == 0
+    )
+    assert sub_path.read_text() == sub_path2.read_text()
+    capsys.readouterr()
+    assert main(["score", "--submission", str(sub_path), "--labels", str(data / "test_labels.csv")]) == 0
+    score = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < score["f1"] <= 1
+
+
+def test_fold_model_reloads_to_its_oof_embeddings(tuned: tuple[Path, Path]) -> None:
+    """A fold model rebuilt from its files embeds its validation rows as training stored them."""
+    out, data = tuned
+    fold = out / "exp003" / "fold0"
+    model, cfg = load_fold_model(fold, torch.device("cpu"))
+    index = pd.read_parquet(fold / "oof_index.parquet")
+    train = read_split(data, "train", check_images=False).set_index("posting_id").loc[index["posting_id"]]
+    emb = embed_rows(model, cfg, train.reset_index(), torch.device("cpu"), "error")
+    np.testing.assert_allclose(emb["txt"], np.load(fold / "oof_txt.npy"), atol=1e-5)
+
+
+def test_predict_bad_input(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    out, data = tuned
+    ensemble_path = out / "ensembles" / "t.json"
+    ensemble = json.loads(ensemble_path.read_text())
+
+    def run(path: Path, data_dir: Path = data) -> str:
+        assert (
+            main(
+                [
+                    "predict",
+                    "--ensemble",
+                    str(path),
+                    "--data",
+                    str(data_dir),
+                    "--output",
+                    str(out),
+                    "--out",
+                    str(tmp_path / "s.csv"),
+                ]
+            )
+            == 2
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+        return err[0]
+
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({**ensemble, "experiments": {"exp003": [0, 3]}}))
+    assert "fold3" in run(missing)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**ensemble, "version": 0}))
+    assert "version" in run(old)
+    empty = Path(shutil.copytree(data, tmp_path / "empty"))
+    (empty / "test.csv").write_text("posting_id,image,image_phash,title\n")
+    assert "no rows" in run(ensemble_path, empty)
+    assert not (tmp_path / "s.csv").exists()  # nothing written on failure
+
+
+def test_score_rejects_an_incomplete_submission(tmp_path: Path, capsys) -> None:
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"posting_id": ["a", "b", "c"], "label_group": [1, 1, 2]}).to_csv(labels, index=False)
+    sub = tmp_path / "sub.csv"
+    pd.DataFrame({"posting_id": ["a", "b"], "matches": ["a b", "b a"]}).to_csv(sub, index=False)
+    assert main(["score", "--submission", str(sub), "--labels", str(labels)]) == 2
+    assert "'c'" in capsys.readouterr().err
+    pd.DataFrame({"posting_id": ["a", "b", "c"], "matches": ["a b", "b", "c"]}).to_csv(sub, index=False)
+    assert main(["score", "--submission", str(sub), "--labels", str(labels)]) == 0
+    # rows: a -> {a,b} vs {a,b}: 1; b -> {b} vs {a,b}: 2/3; c -> {c} vs {c}: 1
+    assert np.isclose(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["f1"], (1 + 2 / 3 + 1) / 3)
