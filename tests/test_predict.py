@@ -156,6 +156,9 @@ def test_predict_bad_input(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> 
     old = tmp_path / "old.json"
     old.write_text(json.dumps({**ensemble, "version": 0}))
     assert "version" in run(old)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**ensemble, "data": {**ensemble["data"], "dir": "/elsewhere"}}))
+    assert "tuned on /elsewhere" in run(other)
     empty = Path(shutil.copytree(data, tmp_path / "empty"))
     (empty / "test.csv").write_text("posting_id,image,image_phash,title\n")
     assert "no rows" in run(ensemble_path, empty)

@@ -135,10 +135,18 @@ def predict(
     (default: the folder above ``ensembles/``)."""
     ensemble = read_ensemble(ensemble_path)
     output = output or Path(ensemble_path).resolve().parent.parent
+    tuned_on = ensemble["data"]["dir"]
     for exp, folds in ensemble["experiments"].items():
         for fold in folds:
-            if not is_finished(fold_dir(output, exp, fold)):
-                raise ShopeeError(f"{fold_dir(output, exp, fold)}: the ensemble needs this trained fold")
+            path = fold_dir(output, exp, fold)
+            if not is_finished(path):
+                raise ShopeeError(f"{path}: the ensemble needs this trained fold")
+            trained_on = str(Path(json.loads((path / "config.json").read_text())["data"]).resolve())
+            if trained_on != tuned_on:
+                raise ShopeeError(
+                    f"{path}: trained on {trained_on}, but the ensemble was tuned on {tuned_on}; "
+                    "run optimize-ensemble again"
+                )
     df = read_split(data_dir, split, image_policy=image_policy, check_images=True)  # type: ignore[arg-type]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     timings = timings if timings is not None else {}
