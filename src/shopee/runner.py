@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from shopee.config import Config, check_fold
-from shopee.errors import ShopeeError
+from shopee.errors import ShopeeError, exit_code
 
 
 def build_parser(exp: str) -> argparse.ArgumentParser:
@@ -72,55 +71,49 @@ def run(cfg: Config, exp_file: str, argv: Sequence[str] | None = None) -> int:
     """Parse the command line, train the requested folds, print one JSON line per fold."""
     exp = Path(exp_file).stem
     args = build_parser(exp).parse_args(argv)
-    try:
-        from shopee.data import find_data_dir
-        from shopee.train import train_fold, zero_shot
+    return exit_code(lambda: _run(cfg, exp, exp_file, args), "interrupted (continue with --resume)")
 
-        cfg = cfg.with_overrides(args.set) if args.set else cfg.validate()
-        if args.print_config:
-            print(cfg.to_json())
-            return 0
-        folds = _folds(args.fold, cfg.n_folds)
-        data_dir = find_data_dir(args.data)
-        if args.zero_shot:
-            fold = None if args.fold == "all" else folds[0]
-            print(json.dumps(zero_shot(cfg, exp, fold, data_dir, debug=args.debug)), flush=True)
-            return 0
-        results = []
-        for fold in folds:
-            result = train_fold(
-                cfg,
-                exp,
-                fold,
-                data_dir,
-                Path(args.output),
-                debug=args.debug,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                code_dir=Path(exp_file).resolve().parent,
-            )
-            results.append(result)
-            print(json.dumps(result), flush=True)
-        if len(folds) > 1:
-            summary = {
-                "exp": exp,
-                "fold": "all",
-                "cv_f1": sum(r["cv_f1"] for r in results) / len(results),
-                "kind": max({r["kind"] for r in results}, key=[r["kind"] for r in results].count),
-                "threshold": sum(r["threshold"] for r in results) / len(results),
-                "seconds": round(sum(r["seconds"] for r in results), 1),
-            }
-            print(json.dumps(summary), flush=True)
-    except ShopeeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (continue with --resume)", file=sys.stderr)
-        return 130
-    return 0
+
+def _run(cfg: Config, exp: str, exp_file: str, args: argparse.Namespace) -> None:
+    from shopee.data import find_data_dir
+    from shopee.train import train_fold, zero_shot
+
+    cfg = cfg.with_overrides(args.set) if args.set else cfg.validate()
+    if args.print_config:
+        print(cfg.to_json())
+        return
+    folds = _folds(args.fold, cfg.n_folds)
+    data_dir = find_data_dir(args.data)
+    if args.zero_shot:
+        fold = None if args.fold == "all" else folds[0]
+        print(json.dumps(zero_shot(cfg, exp, fold, data_dir, debug=args.debug)), flush=True)
+        return
+    results = []
+    for fold in folds:
+        result = train_fold(
+            cfg,
+            exp,
+            fold,
+            data_dir,
+            Path(args.output),
+            debug=args.debug,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            code_dir=Path(exp_file).resolve().parent,
+        )
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    if len(folds) > 1:
+        kinds = [r["kind"] for r in results]
+        summary = {
+            "exp": exp,
+            "fold": "all",
+            "cv_f1": sum(r["cv_f1"] for r in results) / len(results),
+            "kind": max(set(kinds), key=kinds.count),
+            "threshold": sum(r["threshold"] for r in results) / len(results),
+            "seconds": round(sum(r["seconds"] for r in results), 1),
+        }
+        print(json.dumps(summary), flush=True)
 
 
 def load_experiment(spec: str) -> tuple[str, Config]:
