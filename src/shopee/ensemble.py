@@ -33,6 +33,7 @@ PHASH_DISTANCES = (0, 2, 4, 6, 8)
 BLEND_GRID = (0.5, 0.6, 0.7, 0.8)
 MIN2_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 REFINE_STEPS = (0.05, 0.02, 0.01)
+FLOOR_MARGIN = 0.25
 
 
 @dataclass
@@ -68,11 +69,26 @@ class Scorer:
         for fold in oof.folds:
             self.subsets[f"fold{fold}"] = np.flatnonzero(fold_of_row == fold)
         self._cache: dict[tuple[str, str], Pairs] = {}
+        self._pruned: dict[tuple[str, str, float], Pairs] = {}
+        self.floors: dict[str, float] = {}  # member name -> lowest threshold the search will try
         self.evaluations = 0
 
     def candidates(self, member: dict[str, Any], subset: str) -> Pairs:
+        """The member's candidates on ``subset``; once a floor is set for the member, only pairs at
+        or above it (and each row's nearest, for min2): scoring then touches far fewer pairs."""
         key = {k: v for k, v in member.items() if k not in ("threshold", "name")}
         cache_key = (json.dumps(key, sort_keys=True), subset)
+        floor = self.floors.get(member["name"])
+        if floor is None:
+            return self._full(member, cache_key, subset)
+        pruned_key = (*cache_key, floor)
+        if pruned_key not in self._pruned:
+            full = self._full(member, cache_key, subset)
+            nearest = np.arange(len(full.rows)) == np.searchsorted(full.rows, full.rows, side="left")
+            self._pruned[pruned_key] = full.select((full.sims >= floor) | nearest)
+        return self._pruned[pruned_key]
+
+    def _full(self, member: dict[str, Any], cache_key: tuple[str, str], subset: str) -> Pairs:
         if cache_key not in self._cache:
             rows = self.subsets[subset]
             source = member.get("source")
@@ -179,8 +195,13 @@ def search(
     pool: list[dict[str, Any]],
     objective: str = "all",
     progress: Callable[[str], None] = print,
+    blend_stages: int = 2,
 ) -> SearchResult:
-    """Coarse search then coordinate refinement; see the module docstring."""
+    """Coarse search then coordinate refinement; see the module docstring.
+
+    Blending is the costly step (each tried stage threshold is one more kNN search per subset);
+    ``blend_stages=0`` skips it.
+    """
     bar = tqdm(desc="optimize-ensemble", unit="eval", disable=None, mininterval=1.0)
 
     def evaluate(params: dict[str, Any]) -> Scores:
@@ -192,6 +213,9 @@ def search(
         alone[member["name"]] = _best_alone(scorer, member, objective)
         bar.update(1)
     ranked = sorted(pool, key=lambda m: alone[m["name"]][objective], reverse=True)
+    for m in pool:  # no later step moves a threshold more than FLOOR_MARGIN below its best alone
+        if m["type"] != "phash":
+            scorer.floors[m["name"]] = round(alone[m["name"]]["threshold"] - FLOOR_MARGIN, 2)
     for m in ranked:
         a = alone[m["name"]]
         progress(f"  {m['name']:<24} alone: F1 fold {a['fold']:.4f}  all {a['all']:.4f}  at {a['threshold']}")
@@ -239,7 +263,7 @@ def search(
     for i, m in enumerate(members):
         if m["type"] != "embedding":
             continue
-        for _stage in range(2):
+        for _stage in range(blend_stages):
             tried = []
             for t in BLEND_GRID:
                 cand = copy.deepcopy(m)
@@ -268,7 +292,7 @@ def search(
             for path in _tunables(members, min2):
                 for direction in (-1, 1):
                     trial_members, trial_min2 = copy.deepcopy(members), copy.deepcopy(min2)
-                    if not _nudge(trial_members, trial_min2, path, direction * step):
+                    if not _nudge(trial_members, trial_min2, path, direction * step, scorer.floors):
                         continue
                     scores = evaluate(_params(trial_members, trial_min2))
                     if scores.value(objective) > best.value(objective) + 1e-6:
@@ -292,8 +316,11 @@ def _tunables(members: list[dict[str, Any]], min2: dict | None) -> list[tuple]:
     return paths
 
 
-def _nudge(members: list[dict[str, Any]], min2: dict | None, path: tuple, delta: float) -> bool:
-    """Change one tunable by ``delta``; False when the move leaves the valid range."""
+def _nudge(
+    members: list[dict[str, Any]], min2: dict | None, path: tuple, delta: float, floors: dict[str, float]
+) -> bool:
+    """Change one tunable by ``delta``; False when the move leaves the valid range (a threshold
+    may not go below its member's floor, where the candidates were pruned)."""
     if path[0] == "min2":
         value = round(min2["threshold"] + delta, 2)
         if not 0.0 <= value <= 1.0:
@@ -314,7 +341,7 @@ def _nudge(members: list[dict[str, Any]], min2: dict | None, path: tuple, delta:
         members[i]["blend"][rest[0]] = value
         return True
     value = round(members[i][key] + delta, 2)
-    if not -1.0 <= value <= 1.0:
+    if not max(-1.0, floors.get(members[i]["name"], -1.0)) <= value <= 1.0:
         return False
     members[i][key] = value
     return True
@@ -340,6 +367,7 @@ def optimize_ensemble(
     objective: str = "all",
     backend: str = "torch",
     device: str = "cpu",
+    blend_stages: int = 2,
 ) -> dict[str, Any]:
     """Load the experiments' OOF, search the params, write ``<output>/ensembles/NAME.json`` and
     the report folder; returns the summary printed as the last line."""
@@ -375,7 +403,7 @@ def optimize_ensemble(
         f"optimizing {name}: {len(oof.index)} OOF rows, folds {oof.folds}, {len(pool)} candidate members",
         flush=True,
     )
-    result = search(scorer, pool, objective)
+    result = search(scorer, pool, objective, blend_stages=blend_stages)
 
     ensemble = {
         "name": name,
