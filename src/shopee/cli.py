@@ -103,6 +103,21 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     print(json.dumps({"exp": exp, **result}))
 
 
+def _cmd_bench_match(args: argparse.Namespace) -> None:
+    from shopee.bench_match import run_bench
+
+    run_bench(
+        args.n,
+        args.dim,
+        naive=args.naive,
+        search=args.search,
+        search_rows=args.search_rows,
+        blend_stages=args.blend_stages,
+        seed=args.seed,
+        backend=args.backend,
+    )
+
+
 def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
     from shopee.ensemble import optimize_ensemble, summary_table
 
@@ -277,6 +292,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     bench_train.set_defaults(func=_cmd_bench_train)
+    bench_match = bench_sub.add_parser(
+        "match",
+        help="matching speed on synthetic data: the rule's stages against bare top-k, post-processing; "
+        "--naive and --search run those parts instead",
+    )
+    bench_match.add_argument("--n", type=int, default=70000, help="synthetic postings [%(default)s]")
+    bench_match.add_argument("--dim", type=int, default=512, help="embedding dimensions [%(default)s]")
+    bench_match.add_argument(
+        "--naive", action="store_true", help="time the notebook way against ours on --n rows (try 20000)"
+    )
+    bench_match.add_argument("--search", action="store_true", help="time the threshold search on OOF rows")
+    bench_match.add_argument(
+        "--search-rows", type=int, default=34000, help="OOF rows for --search [%(default)s]"
+    )
+    bench_match.add_argument(
+        "--blend-stages", type=int, default=None, help="blending stages --search tries [the search's default]"
+    )
+    bench_match.add_argument("--seed", type=int, default=0, help="random seed [%(default)s]")
+    bench_match.add_argument(
+        "--backend",
+        choices=("torch", "faiss", "cuml", "auto"),
+        default="torch",
+        help="kNN backend [%(default)s]",
+    )
+    bench_match.set_defaults(func=_cmd_bench_match)
     return parser
 
 

@@ -96,11 +96,27 @@ def union_pairs(parts: Sequence[Pairs], n: int, k: int = MAX_OTHERS) -> Pairs:
     if not len(pairs):
         return pairs
     keys = pairs.rows * np.int64(n) + pairs.cols
-    order = np.lexsort((-pairs.sims.astype(np.float64), keys))
-    keys = keys[order]
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    pick = order[first]  # key ascending: row, then column
+    if np.isnan(pairs.sims).any():
+        order = np.lexsort((-pairs.sims.astype(np.float64), keys))
+        keys = keys[order]
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = keys[1:] != keys[:-1]
+        pick = order[first]  # key ascending: row, then column
+    else:
+        # One (unstable, fast) sort by key; among a key's copies keep one with the highest
+        # similarity (copies with equal key and similarity are the same pair).
+        order = np.argsort(keys)
+        keys = keys[order]
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        if len(starts) == len(keys):
+            pick = order  # no pair twice
+        else:
+            sims = pairs.sims[order]
+            segment = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(keys))))
+            best = np.flatnonzero(sims == np.maximum.reduceat(sims, starts)[segment])
+            first = np.ones(len(best), dtype=bool)
+            first[1:] = segment[best[1:]] != segment[best[:-1]]
+            pick = order[best[first]]  # key ascending: row, then column
     return top_k_pairs(pairs.rows[pick], pairs.cols[pick], pairs.sims[pick], n, k)
 
 

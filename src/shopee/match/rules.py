@@ -40,9 +40,11 @@ Every posting always matches itself; ``Pairs`` never hold the self pair.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import numbers
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -62,6 +64,11 @@ MEMBER_TYPES = ("embedding", "tfidf", "phash")
 K_MAX = MAX_OTHERS + 1
 TFIDF_MIN_SIM = 0.2
 MAX_NGRAM = 10
+# Embedding neighbours are remembered across calls, keyed by the content of the (normalized,
+# blended) embeddings: the threshold search asks again and again for the same ones (every
+# blending variant of a member starts from its plain neighbours, a second stage from the first
+# stage's). Least recently used entries go first; 0 turns the memory off.
+KNN_CACHE_BYTES = 512 * 2**20
 
 _TOP_FIELDS = ("version", "k", "members", "min2", "unit_filter")
 _MEMBER_FIELDS = {
@@ -231,6 +238,41 @@ def _embedding(member: dict[str, Any], n: int, embeddings: Mapping[str, Any] | N
     return x
 
 
+_knn_cache: OrderedDict[tuple, Pairs] = OrderedDict()
+
+
+def clear_knn_cache() -> None:
+    """Forget the remembered embedding neighbours (see ``KNN_CACHE_BYTES``)."""
+    _knn_cache.clear()
+
+
+def _pairs_bytes(pairs: Pairs) -> int:
+    return pairs.rows.nbytes + pairs.cols.nbytes + pairs.sims.nbytes
+
+
+def _knn(x: np.ndarray, k: int, backend: str, device: str) -> Pairs:
+    """``knn_pairs(x, k)``, remembered by the content of ``x`` (read-only arrays when kept)."""
+    if KNN_CACHE_BYTES <= 0:
+        return knn_pairs(x, k, backend=backend, device=device)
+    x = np.ascontiguousarray(x)
+    digest = hashlib.sha256(memoryview(x).cast("B")).hexdigest()
+    key = (x.shape, str(x.dtype), digest, int(k), backend, str(device))
+    found = _knn_cache.get(key)
+    if found is not None:
+        _knn_cache.move_to_end(key)
+        return found
+    pairs = knn_pairs(x, k, backend=backend, device=device)
+    if _pairs_bytes(pairs) <= KNN_CACHE_BYTES:
+        for array in (pairs.rows, pairs.cols, pairs.sims):
+            array.flags.writeable = False
+        _knn_cache[key] = pairs
+        total = sum(_pairs_bytes(p) for p in _knn_cache.values())
+        while total > KNN_CACHE_BYTES:
+            _, dropped = _knn_cache.popitem(last=False)
+            total -= _pairs_bytes(dropped)
+    return pairs
+
+
 def blend_embeddings(x: np.ndarray, neighbours: Pairs) -> np.ndarray:
     """Each row replaced by ``normalize(x[i] + sum_j sim_ij * x[j])`` over its pairs ``(i, j)``
     (``x`` L2-normalized rows; one sparse CSR product)."""
@@ -266,10 +308,10 @@ def member_candidates(
         x = normalize_rows(_embedding(m, n, embeddings), what=f"member {name!r}: embeddings {m['source']!r}")
         for stage, threshold in enumerate(m["blend"], start=1):
             with _timed(timings, f"blend:{name}:{stage}"):
-                neighbours = knn_pairs(x, others, backend=backend, device=device).above(threshold)
+                neighbours = _knn(x, others, backend, device).above(threshold)
                 x = blend_embeddings(x, neighbours)
         with _timed(timings, f"knn:{name}"):
-            return knn_pairs(x, others, backend=backend, device=device)
+            return _knn(x, others, backend, device)
     if m["type"] == "tfidf":
         _check_rows(titles, n, "titles", m)
         with _timed(timings, f"tfidf:{name}"):
@@ -294,6 +336,15 @@ def _best_per_row(pairs: Pairs) -> Pairs:
     """Each row's most similar pair (the first on equal similarity)."""
     if not len(pairs):
         return pairs
+    rows, sims = pairs.rows, pairs.sims
+    if np.all(rows[1:] >= rows[:-1]) and not np.isnan(sims).any():
+        # Sorted by row, as pair lists are: one pass over the row segments instead of a sort.
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+        segment = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(rows))))
+        best = np.flatnonzero(sims == np.maximum.reduceat(sims, starts)[segment])
+        first = np.ones(len(best), dtype=bool)
+        first[1:] = segment[best[1:]] != segment[best[:-1]]
+        return pairs.select(best[first])
     order = np.lexsort((-pairs.sims.astype(np.float64), pairs.rows))
     rows = pairs.rows[order]
     first = np.ones(len(rows), dtype=bool)
