@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from shopee.data import IMAGE_POLICIES, SPLITS, find_data_dir, read_split
-from shopee.errors import ShopeeError
+from shopee.errors import ShopeeError, exit_code
 
 DATA_HELP = "competition directory or a Kaggle input root holding it [$SHOPEE_DATA, then /kaggle/input]"
 
@@ -322,15 +321,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ShopeeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # an unwritable output, a full disk ...: the message names the path
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_code(lambda: args.func(args))
