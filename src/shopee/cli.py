@@ -130,6 +130,7 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
         use_phash=args.phash,
         objective=args.objective,
         backend=args.backend,
+        blend_stages=args.blend_stages,
     )
     ensemble = json.loads((output / "ensembles" / f"{args.name}.json").read_text())
     print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -191,6 +192,15 @@ def _cmd_score(args: argparse.Namespace) -> None:
     )
 
 
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "faiss", "cuml", "auto"),
+        default="torch",
+        help="kNN backend [%(default)s]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shopee",
@@ -243,11 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximize F1 across all OOF rows (denser, like the test) or within folds [%(default)s]",
     )
     opt.add_argument(
-        "--backend",
-        choices=("torch", "faiss", "cuml", "auto"),
-        default="torch",
-        help="kNN backend [%(default)s]",
+        "--blend-stages",
+        type=int,
+        default=2,
+        help="neighbourhood-blending stages to try per embedding member; each tried threshold costs one "
+        "kNN search per fold (0 skips blending) [%(default)s]",
     )
+    _add_backend(opt)
     opt.set_defaults(func=_cmd_optimize_ensemble)
 
     pred = sub.add_parser("predict", help="embed and match a split with a tuned ensemble; write a submission")
@@ -264,12 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="blank",
         help="a test image that will not open: blank keeps the submission complete [%(default)s]",
     )
-    pred.add_argument(
-        "--backend",
-        choices=("torch", "faiss", "cuml", "auto"),
-        default="torch",
-        help="kNN backend [%(default)s]",
-    )
+    _add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
 
     score = sub.add_parser(
@@ -309,12 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--blend-stages", type=int, default=None, help="blending stages --search tries [the search's default]"
     )
     bench_match.add_argument("--seed", type=int, default=0, help="random seed [%(default)s]")
-    bench_match.add_argument(
-        "--backend",
-        choices=("torch", "faiss", "cuml", "auto"),
-        default="torch",
-        help="kNN backend [%(default)s]",
-    )
+    _add_backend(bench_match)
     bench_match.set_defaults(func=_cmd_bench_match)
     return parser
 
