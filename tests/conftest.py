@@ -14,6 +14,24 @@ import pytest
 
 from shopee.demo import generate_demo
 
+# The tiny random BERT several test files build models from (no weights, no downloads).
+TINY_BERT_HIDDEN = 32
+TINY_BERT_LAYERS = 2
+TINY_BERT_WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "red",
+    "blue",
+    "shoe",
+    "bag",
+    "phone",
+    "case",
+    "##s",
+]
+
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -33,3 +51,24 @@ def small_demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_copy(small_demo_dir: Path, tmp_path: Path) -> Path:
     """A writable copy of the small demo."""
     return Path(shutil.copytree(small_demo_dir, tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny BERT: config and tokenizer, no weights."""
+    import transformers
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(TINY_BERT_WORDS) + "\n")
+    directory = root / "model"
+    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(directory)
+    transformers.BertConfig(
+        vocab_size=len(TINY_BERT_WORDS),
+        hidden_size=TINY_BERT_HIDDEN,
+        num_hidden_layers=TINY_BERT_LAYERS,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    ).save_pretrained(directory)
+    return directory

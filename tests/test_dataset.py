@@ -25,26 +25,6 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SIZE = 32
 MAX_LEN = 12
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "shoe", "bag", "phone", "case", "##s"]
-
-
-@pytest.fixture(scope="module")
-def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random tiny BERT: config and tokenizer, no weights."""
-    root = tmp_path_factory.mktemp("tiny-bert")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(WORDS) + "\n")
-    directory = root / "model"
-    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(directory)
-    transformers.BertConfig(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    ).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import transformers
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from conftest import TINY_BERT_HIDDEN, TINY_BERT_LAYERS
 from shopee.config import NECKS, TEXT_POOLS, Config, Stage, embedding_kinds
 from shopee.models import ShopeeModel
 from shopee.models.encoders import ImageEncoder, TextEncoder
@@ -25,29 +26,8 @@ from shopee.optim import build_optimizer, freeze_batchnorm_stats, param_groups, 
 IMAGE_ARCH = "test_efficientnet.r160_in1k"  # ~100k parameters, random init
 N_CLASSES = 7
 MAX_LEN = 8
-HIDDEN = 32
-N_LAYERS = 2
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "blue", "shoe", "bag", "phone", "case", "##s"]
+HIDDEN, N_LAYERS = TINY_BERT_HIDDEN, TINY_BERT_LAYERS  # of the conftest text_dir model
 TITLES = ["red shoe", "blue bags", "phone case red blue shoe bag phone case", "bag"]
-
-
-@pytest.fixture(scope="module")
-def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random tiny BERT: config and tokenizer, no weights."""
-    root = tmp_path_factory.mktemp("tiny-bert")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(WORDS) + "\n")
-    directory = root / "model"
-    transformers.BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(directory)
-    transformers.BertConfig(
-        vocab_size=len(WORDS),
-        hidden_size=HIDDEN,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    ).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
