@@ -140,34 +140,96 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from shopee.predict import predict, write_submission
+    from shopee.predict import predict, print_timings, score_on_train, write_submission
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    data_dir = find_data_dir(args.data)
     submission = predict(
         Path(args.ensemble),
-        find_data_dir(args.data),
+        data_dir,
         output=Path(args.output) if args.output else None,
         split=args.split,
+        limit=args.limit,
         image_policy=args.image_policy,
         backend=args.backend,
+        tta=None if args.tta == "none" else args.tta,
         timings=timings,
     )
     write_submission(submission, Path(args.out))
-    for stage, seconds in timings.items():
-        print(f"  {stage:<32} {seconds:8.2f} s")
+    print_timings(timings)
     sizes = submission["matches"].str.count(" ") + 1
     print(f"wrote {args.out}: {len(submission)} rows, {sizes.mean():.2f} matches per row on average")
+    result = {
+        "out": str(args.out),
+        "rows": len(submission),
+        "mean_matches": round(float(sizes.mean()), 3),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if args.split == "train":  # labels at hand: score it (optimistic, the models saw most rows)
+        score = score_on_train(submission, data_dir)
+        print(f"F1 on train {score.f1:.4f} (precision {score.precision:.4f}, recall {score.recall:.4f})")
+        result["f1"] = score.f1
+    print(json.dumps(result))
+
+
+def _cmd_build_kernel(args: argparse.Namespace) -> None:
+    from shopee.kernel import build_kernel
+
+    kernel = build_kernel(
+        Path(args.ensemble),
+        args.name,
+        user=args.user,
+        out=Path(args.out),
+        output=Path(args.output) if args.output else None,
+        title=args.title,
+        gpu=args.gpu,
+        private=not args.public,
+        tta=None if args.tta == "none" else args.tta,
+        image_policy=args.image_policy,
+        backend=args.backend,
+        cv_rows=args.cv_rows,
+        wheels=[Path(w) for w in args.wheel],
+        strict=args.strict,
+        overwrite=args.overwrite,
+    )
+    m = kernel.manifest
+    size = sum(f["bytes"] for f in m["files"]) / 2**20
+    gpu = "on" if args.gpu else "off"
+    print(f"notebook {kernel.notebook} (kernel {m['kernel']}, GPU {gpu}, internet off)")
+    print(f"dataset  {kernel.dataset_dir}: {len(m['files'])} files, {size:.1f} MiB, {len(m['folds'])} folds")
+    print("upload (a new version of the dataset later: kaggle datasets version ... -m NOTE):")
+    print(f"  kaggle datasets create -p {kernel.dataset_dir} --dir-mode zip")
+    print(f"  kaggle kernels push -p {kernel.notebook_dir}")
+    print(f"try it here first: python -m shopee run-kernel {kernel.notebook_dir} --data DIR")
     print(
         json.dumps(
             {
-                "out": str(args.out),
-                "rows": len(submission),
-                "mean_matches": round(float(sizes.mean()), 3),
-                "seconds": round(time.perf_counter() - started, 1),
+                "notebook": str(kernel.notebook),
+                "dataset": str(kernel.dataset_dir),
+                "files": len(m["files"]),
+                "mib": round(size, 1),
+                "git_commit": m["git_commit"],
             }
         )
     )
+
+
+def _cmd_run_kernel(args: argparse.Namespace) -> None:
+    from shopee.kernel import run_kernel
+    from shopee.kernel.local import cell_outputs
+
+    working, nb, seconds = run_kernel(
+        Path(args.kernel),
+        find_data_dir(args.data),
+        work=Path(args.work) if args.work else None,
+        dataset_dir=Path(args.dataset) if args.dataset else None,
+        timeout=args.timeout,
+    )
+    print(cell_outputs(nb))
+    print(f"notebook ran in {seconds:.1f} s; outputs in {working}")
+    submission = working / "submission.csv"
+    print(json.dumps({"working": str(working), "submission": str(submission), "seconds": round(seconds, 1)}))
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
@@ -189,6 +251,23 @@ def _cmd_score(args: argparse.Namespace) -> None:
         json.dumps(
             {"f1": score.f1, "precision": score.precision, "recall": score.recall, "rows": len(labels)}
         )
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def _add_tta(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        type=str.lower,
+        help="test-time augmentation: flip also embeds mirrored images and averages [%(default)s]",
     )
 
 
@@ -271,13 +350,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=("test", "train"), default="test", help="rows to predict [%(default)s]"
     )
     pred.add_argument(
+        "--limit", type=_positive_int, default=None, help="only the first N rows (whole groups on train)"
+    )
+    pred.add_argument(
         "--image-policy",
         choices=IMAGE_POLICIES,
         default="blank",
         help="a test image that will not open: blank keeps the submission complete [%(default)s]",
     )
+    _add_tta(pred)
     _add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
+
+    kern = sub.add_parser(
+        "build-kernel", help="an offline Kaggle notebook and its dataset from a tuned ensemble"
+    )
+    kern.add_argument("--ensemble", required=True, help="OUTPUT/ensembles/NAME.json")
+    kern.add_argument("--name", required=True, help="kernel slug: writes OUT/NAME and OUT/NAME-dataset")
+    kern.add_argument("--user", default=None, help="Kaggle user [$KAGGLE_USERNAME, kaggle.json]")
+    kern.add_argument("--title", default=None, help="notebook title; must read as the slug [from --name]")
+    kern.add_argument("--out", default="kernels", help="where the two folders go [%(default)s]")
+    kern.add_argument("--output", default=None, help="experiments' output root [the folder above ensembles/]")
+    kern.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True, help="run on a GPU [on]")
+    kern.add_argument("--public", action="store_true", help="make the notebook public [private]")
+    _add_tta(kern)
+    kern.add_argument(
+        "--image-policy",
+        choices=IMAGE_POLICIES,
+        default="blank",
+        help="a test image that will not open [%(default)s: the submission stays complete]",
+    )
+    kern.add_argument(
+        "--cv-rows", type=_positive_int, default=None, help="train rows scored in CV mode [all of train]"
+    )
+    kern.add_argument(
+        "--wheel", action="append", default=[], metavar="FILE", help="a wheel to install offline (repeatable)"
+    )
+    kern.add_argument("--strict", action="store_true", help="refuse to build from uncommitted changes")
+    kern.add_argument("--overwrite", action="store_true", help="replace folders holding another kernel")
+    _add_backend(kern)
+    kern.set_defaults(func=_cmd_build_kernel)
+
+    runk = sub.add_parser("run-kernel", help="execute a built notebook here, offline, as Kaggle would")
+    runk.add_argument("kernel", help="the notebook folder (kernels/NAME)")
+    runk.add_argument("--data", default=None, help=DATA_HELP)
+    runk.add_argument("--dataset", default=None, help="its dataset folder [KERNEL-dataset beside it]")
+    runk.add_argument("--work", default=None, help="run folder (input/ and working/) [KERNEL-run beside it]")
+    runk.add_argument("--timeout", type=_positive_int, default=None, help="seconds per cell [no limit]")
+    runk.set_defaults(func=_cmd_run_kernel)
 
     score = sub.add_parser(
         "score", help="F1 of a submission against labels (e.g. the demo's test_labels.csv)"

@@ -1,7 +1,8 @@
 """``predict``: embed a split with an ensemble's trained fold models, match it, write a submission.
 
-The same function runs in the Kaggle notebook. Each experiment's fold models embed the rows; the
-fold embeddings of a kind are averaged and re-normalized (``exp:kind``); concatenated sources
+The same function runs in the Kaggle notebook, where the fold models come from the kernel's
+dataset instead of the training outputs. Each experiment's fold models embed the rows; the fold
+embeddings of a kind are averaged and re-normalized (``exp:kind``); concatenated sources
 (``cat:kind``) are rebuilt as the optimizer built them; ``shopee.match.match`` applies the
 ensemble's params. The output has one row per posting, ``matches`` space-separated with the
 posting itself first.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +30,42 @@ from shopee.embed import embed
 from shopee.ensemble import read_ensemble
 from shopee.errors import ShopeeError
 from shopee.match import match, matches_to_strings
+from shopee.metrics import MatchScore, score_submission
 from shopee.models import ShopeeModel
 from shopee.oof import combined_embedding
-from shopee.outputs import fold_dir, is_finished
+from shopee.outputs import fold_dir
+
+MODEL_FILES = ("config.json", "model.safetensors")
 
 
-def load_fold_model(path: Path, device: torch.device) -> tuple[ShopeeModel, Config]:
+def check_fold(path: Path) -> None:
+    """A fold directory a model can be rebuilt from (its OOF arrays are not needed here)."""
+    for name in MODEL_FILES:
+        if not (path / name).is_file():
+            what = "not trained" if not path.is_dir() else f"no {name}"
+            raise ShopeeError(f"{path}: {what}; the ensemble needs this fold (train it, or tune without it)")
+
+
+def text_key(cfg: Config) -> str:
+    """What a fold's tokenizer and text config are resolved from (``text_weights`` or the name)."""
+    return cfg.text_weights or cfg.text_model
+
+
+def load_fold_model(
+    path: Path, device: torch.device, text_dirs: Mapping[str, str | Path] | None = None
+) -> tuple[ShopeeModel, Config]:
     """A trained fold model from its ``config.json`` and ``model.safetensors`` (no hub access:
-    the encoders are built from their configs and the weights come from the checkpoint)."""
-    if not is_finished(path):
-        raise ShopeeError(f"{path}: no finished fold here (missing or incomplete outputs)")
+    the encoders are built from their configs and the weights come from the checkpoint).
+
+    ``text_dirs`` maps ``text_key(cfg)`` to a directory holding the text model's config and
+    tokenizer files (a kernel bundles them); without an entry the model is resolved as in training.
+    """
+    check_fold(path)
     meta = json.loads((path / "config.json").read_text())
     cfg = Config.from_dict(meta["config"])
     build = dataclasses.replace(cfg, image_pretrained=False, text_pretrained=False)
+    if cfg.text_model and text_key(cfg) in (text_dirs or {}):
+        build = dataclasses.replace(build, text_weights=str(text_dirs[text_key(cfg)]))  # type: ignore[index]
     model = ShopeeModel(build, int(meta["n_classes"]))
     state = safetensors.torch.load_file(str(path / "model.safetensors"), device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -59,6 +84,7 @@ def embed_rows(
     device: torch.device,
     image_policy: str,
     batch_size: int | None = None,
+    tta: str | None = None,
 ) -> dict[str, np.ndarray]:
     image_kwargs: dict[str, Any] = {}
     if model.image is not None:
@@ -76,7 +102,7 @@ def embed_rows(
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
-    return embed(model, loader, device, cfg.amp, cfg.channels_last and device.type == "cuda")
+    return embed(model, loader, device, cfg.amp, cfg.channels_last and device.type == "cuda", tta=tta)
 
 
 def ensemble_embeddings(
@@ -86,6 +112,9 @@ def ensemble_embeddings(
     device: torch.device,
     image_policy: str,
     timings: dict[str, float] | None = None,
+    *,
+    tta: str | None = None,
+    text_dirs: Mapping[str, str | Path] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every embedding source the params use, for the rows of ``df``."""
     needed = {m["source"] for m in ensemble["params"]["members"] if m["type"] == "embedding"}
@@ -100,8 +129,8 @@ def ensemble_embeddings(
         for fold in folds:
             started = time.perf_counter()
             path = fold_dir(output, exp, fold)
-            model, cfg = load_fold_model(path, device)
-            out = embed_rows(model, cfg, df, device, image_policy)
+            model, cfg = load_fold_model(path, device, text_dirs)
+            out = embed_rows(model, cfg, df, device, image_policy, tta=tta)
             for kind, array in out.items():
                 key = f"{exp}:{kind}"
                 if key in base:
@@ -121,36 +150,67 @@ def ensemble_embeddings(
     return embeddings
 
 
-def predict(
-    ensemble_path: Path,
-    data_dir: Path,
-    *,
-    output: Path | None = None,
-    split: str = "test",
-    image_policy: str = "blank",
-    backend: str = "torch",
-    timings: dict[str, float] | None = None,
-) -> pd.DataFrame:
-    """``posting_id, matches`` for every row of ``split``; ``output`` is the experiments' root
-    (default: the folder above ``ensembles/``)."""
-    ensemble = read_ensemble(ensemble_path)
-    output = output or Path(ensemble_path).resolve().parent.parent
+def first_groups(df: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """The first ``limit`` rows, widened or cut to whole label groups when ``df`` has labels.
+
+    Groups are taken in order of first appearance while they fit; the F1 of the slice is then the
+    F1 of complete groups, as on the hidden test set.
+    """
+    if limit < 1:
+        raise ShopeeError(f"limit={limit}: must be at least 1")
+    if "label_group" not in df.columns:
+        return df.head(limit).reset_index(drop=True)
+    sizes = df.groupby("label_group", sort=False).size()
+    keep = sizes.index[sizes.cumsum() <= limit]
+    if len(keep) == 0:
+        keep = sizes.index[:1]
+    return df[df["label_group"].isin(keep)].reset_index(drop=True)
+
+
+def check_ensemble_folds(ensemble: dict[str, Any], output: Path) -> None:
+    """Every fold the ensemble uses is there and was trained on the data it was tuned on."""
     tuned_on = ensemble["data"]["dir"]
     for exp, folds in ensemble["experiments"].items():
         for fold in folds:
             path = fold_dir(output, exp, fold)
-            if not is_finished(path):
-                raise ShopeeError(f"{path}: the ensemble needs this trained fold")
+            check_fold(path)
             trained_on = str(Path(json.loads((path / "config.json").read_text())["data"]).resolve())
             if trained_on != tuned_on:
                 raise ShopeeError(
                     f"{path}: trained on {trained_on}, but the ensemble was tuned on {tuned_on}; "
                     "run optimize-ensemble again"
                 )
-    df = read_split(data_dir, split, image_policy=image_policy, check_images=True)  # type: ignore[arg-type]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict(
+    ensemble_path: Path,
+    data_dir: Path,
+    *,
+    output: Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    image_policy: str = "blank",
+    backend: str = "torch",
+    tta: str | None = None,
+    text_dirs: Mapping[str, str | Path] | None = None,
+    timings: dict[str, float] | None = None,
+) -> pd.DataFrame:
+    """``posting_id, matches`` for every row of ``split`` (or the first ``limit`` rows, whole
+    groups on train); ``output`` is the experiments' root (default: the folder above
+    ``ensembles/``); ``tta`` and ``text_dirs`` as in ``embed`` and ``load_fold_model``."""
+    ensemble = read_ensemble(ensemble_path)
+    output = output or Path(ensemble_path).resolve().parent.parent
+    check_ensemble_folds(ensemble, output)
     timings = timings if timings is not None else {}
-    embeddings = ensemble_embeddings(ensemble, output, df, device, image_policy, timings)
+    started = time.perf_counter()
+    df = read_split(data_dir, split, image_policy=image_policy, check_images=True)  # type: ignore[arg-type]
+    if limit is not None:
+        df = first_groups(df, limit)
+    timings["read data"] = round(time.perf_counter() - started, 2)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    embeddings = ensemble_embeddings(
+        ensemble, output, df, device, image_policy, timings, tta=tta, text_dirs=text_dirs
+    )
     started = time.perf_counter()
     pairs = match(
         ensemble["params"],
@@ -168,5 +228,23 @@ def predict(
     )
 
 
+def score_on_train(submission: pd.DataFrame, data_dir: Path) -> MatchScore:
+    """F1 of a submission made on (a slice of) train, against train's label groups."""
+    train = read_split(data_dir, "train", check_images=False)
+    labels = train.loc[train["posting_id"].isin(submission["posting_id"]), ["posting_id", "label_group"]]
+    return score_submission(submission, labels)
+
+
 def write_submission(submission: pd.DataFrame, path: Path) -> None:
     write_csv(path, submission)
+
+
+def print_timings(timings: Mapping[str, float]) -> None:
+    """Seconds per stage: reading, each fold's embedding, matching (its stages indented), total."""
+    top = [k for k in timings if k in ("read data", "match") or k.startswith("embed:")]
+    for stage in top:
+        print(f"  {stage:<40} {timings[stage]:8.2f} s")
+        if stage == "match":
+            for sub in (k for k in timings if k not in top):
+                print(f"      {sub:<36} {timings[sub]:8.2f} s")
+    print(f"  {'total':<40} {sum(timings[k] for k in top):8.2f} s")

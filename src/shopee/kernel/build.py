@@ -1,0 +1,181 @@
+"""``build-kernel``: a tuned ensemble -> a Kaggle notebook folder and its dataset folder.
+
+Both folders are built beside their targets and renamed into place only when complete. A target
+that holds something else than an earlier build of the same kernel (same slug, same ensemble) is
+kept unless ``overwrite``. The bundled models are rebuilt once from the dataset folder before it
+is renamed, so a kernel that could not load its models offline is never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import torch
+
+import shopee
+from shopee.atomic import atomic_dir, replace_dir, write_json, write_text
+from shopee.ensemble import read_ensemble
+from shopee.errors import ShopeeError
+from shopee.kernel import metadata as meta
+from shopee.kernel.bundle import MANIFEST, open_bundle, write_bundle
+from shopee.kernel.notebook import make_notebook
+from shopee.predict import check_ensemble_folds, load_fold_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    notebook_dir: Path
+    dataset_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def notebook(self) -> Path:
+        return self.notebook_dir / f"{self.manifest['slug']}.ipynb"
+
+
+def source_state(package_dir: Path) -> tuple[str, list[str]]:
+    """(HEAD commit or ``unknown``, changed or untracked files under ``package_dir``)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=package_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=package_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", []
+    return commit, [line[3:] for line in status.splitlines() if line.strip()]
+
+
+def _check_target(path: Path, slug: str, ensemble: str, marker: str, overwrite: bool) -> None:
+    """Refuse to replace a folder holding anything but an earlier build of this kernel."""
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    try:
+        info = json.loads((path / marker).read_text())
+        info = info.get("metadata", {}).get("shopee", info)  # a notebook keeps it in its metadata
+        same = info.get("slug") == slug and info.get("ensemble") == ensemble
+        holds = f"the kernel {info.get('slug')!r} of ensemble {info.get('ensemble')!r}"
+    except (OSError, ValueError, AttributeError):
+        same, holds = False, "something that is not a kernel built here"
+    if not same:
+        raise ShopeeError(f"{path}: already holds {holds}; pass --overwrite to replace it")
+
+
+def _verify_models(dataset_dir: Path) -> None:
+    """Rebuild every bundled fold model the way the notebook will (bundled text files only)."""
+    bundle = open_bundle(dataset_dir, checksums=False)
+    for fold in bundle.manifest["folds"]:
+        load_fold_model(bundle.models / fold, torch.device("cpu"), bundle.text_dirs)
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """No hub lookups while the bundle is checked: what it needs must be in it."""
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def build_kernel(
+    ensemble_path: Path,
+    slug: str,
+    *,
+    user: str | None = None,
+    out: Path = Path("kernels"),
+    output: Path | None = None,
+    title: str | None = None,
+    gpu: bool = True,
+    private: bool = True,
+    tta: str | None = None,
+    image_policy: str = "blank",
+    backend: str = "torch",
+    cv_rows: int | None = None,
+    wheels: Sequence[Path] = (),
+    strict: bool = False,
+    overwrite: bool = False,
+) -> Kernel:
+    """Write ``out/SLUG/`` (notebook + kernel-metadata.json) and ``out/SLUG-dataset/``."""
+    meta.check_slug(slug)
+    title = meta.kernel_title(slug, title)
+    user = meta.kaggle_user(user)
+    dataset_meta = meta.dataset_metadata(user, slug, title)
+    kernel_meta = meta.kernel_metadata(user, slug, title, gpu=gpu, private=private)
+    ensemble_path = Path(ensemble_path)
+    ensemble = read_ensemble(ensemble_path)
+    output = Path(output) if output else ensemble_path.resolve().parent.parent
+    check_ensemble_folds(ensemble, output)
+
+    notebook_dir, dataset_dir = Path(out) / slug, Path(out) / (slug + meta.DATASET_SUFFIX)
+    _check_target(notebook_dir, slug, ensemble["name"], f"{slug}.ipynb", overwrite)
+    _check_target(dataset_dir, slug, ensemble["name"], MANIFEST, overwrite)
+    commit, changed = source_state(Path(shopee.__file__).resolve().parent)
+    if commit == "unknown" or changed:
+        why = (
+            "the package is not in a git checkout (commit unknown)"
+            if commit == "unknown"
+            else f"uncommitted changes in the package ({len(changed)} files, e.g. {changed[0]})"
+        )
+        if strict:
+            raise ShopeeError(f"--strict: {why}; commit them first")
+        print(f"warning: {why}; the kernel bundles the files as they are", file=sys.stderr)
+        commit += "-dirty" if changed else ""
+
+    info = {
+        "slug": slug,
+        "title": title,
+        "kernel": kernel_meta["id"],
+        "dataset": dataset_meta["id"],
+        "ensemble": ensemble["name"],
+        "ensemble_path": str(ensemble_path.resolve()),
+        "cv_f1_all": ensemble["cv_f1_all"],
+        "cv_f1_fold": ensemble["cv_f1_fold"],
+        "members": [m["name"] for m in ensemble["params"]["members"]],
+        "git_commit": commit,
+        "shopee_version": shopee.__version__,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "settings": {"tta": tta, "image_policy": image_policy, "backend": backend, "cv_rows": cv_rows},
+    }
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as staging:
+        new_dataset = Path(staging) / "dataset"
+        new_dataset.mkdir()
+        manifest = write_bundle(
+            new_dataset, ensemble_path, output, info=info, wheels=wheels, dataset_metadata=dataset_meta
+        )
+        with _offline():
+            _verify_models(new_dataset)
+        notebook = make_notebook(info, dataset_meta["id"], manifest["folds"])
+        replace_dir(new_dataset, dataset_dir)
+        with atomic_dir(notebook_dir, overwrite=True) as tmp:
+            write_text(tmp / f"{slug}.ipynb", nbformat.writes(notebook))
+            write_json(tmp / "kernel-metadata.json", kernel_meta)
+    return Kernel(notebook_dir, dataset_dir, manifest)

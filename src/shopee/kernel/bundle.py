@@ -1,0 +1,193 @@
+"""The kernel's Kaggle dataset: package source, fold models, text model files, matching params.
+
+Layout (``kernels/SLUG-dataset/``)::
+
+    dataset-metadata.json
+    shopee-bundle.json       manifest: what was built from what, every file with size and sha256
+    ensemble.json            the tuned ensemble (matching params and the folds it uses)
+    shopee/                  the package source the notebook imports
+    models/<exp>/fold<k>/    config.json, model.safetensors, metrics.json
+    pretrained/<name>/       config and tokenizer files of each text model (no weights: those
+                             travel in the fold checkpoints)
+    wheels/                  optional wheels the notebook installs with pip --no-index
+
+``open_bundle`` is the notebook's side: it finds every file the manifest lists and checks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import shopee
+from shopee.atomic import write_json
+from shopee.config import Config
+from shopee.errors import ShopeeError
+from shopee.outputs import fold_dir
+from shopee.predict import MODEL_FILES, check_ensemble_folds, text_key
+
+MANIFEST = "shopee-bundle.json"
+FORMAT = 1
+ENSEMBLE_FILE = "ensemble.json"
+MODELS_DIR = "models"
+FOLD_FILES = (*MODEL_FILES, "metrics.json")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _safe_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(key).name or key).strip("-.") or "text-model"
+
+
+def _copy_package(dest: Path) -> None:
+    source = Path(shopee.__file__).resolve().parent
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
+
+
+def _copy_folds(ensemble: dict[str, Any], output: Path, dest: Path) -> dict[str, Config]:
+    """Fold files into ``dest/models``; the configs by fold directory name."""
+    configs = {}
+    for exp, folds in ensemble["experiments"].items():
+        for fold in folds:
+            source = fold_dir(output, exp, fold)
+            target = fold_dir(dest / MODELS_DIR, exp, fold)
+            target.mkdir(parents=True)
+            for name in FOLD_FILES:
+                if (source / name).is_file():
+                    shutil.copy2(source / name, target / name)
+            meta = json.loads((source / "config.json").read_text())
+            configs[f"{exp}/fold{fold}"] = Config.from_dict(meta["config"])
+    return configs
+
+
+def _copy_text_models(configs: Iterable[Config], dest: Path) -> dict[str, str]:
+    """Config and tokenizer files of every text model, keyed as ``load_fold_model`` looks them up."""
+    from shopee.pretrained import resolve_text_model, text_files_for_bundle
+
+    text_dirs: dict[str, str] = {}
+    for cfg in configs:
+        key = text_key(cfg)
+        if not cfg.text_model or key in text_dirs:
+            continue
+        files = text_files_for_bundle(resolve_text_model(cfg.text_model, cfg.text_weights))
+        name = _safe_name(key)
+        while f"pretrained/{name}" in text_dirs.values():
+            name += "-1"
+        target = dest / "pretrained" / name
+        target.mkdir(parents=True)
+        for file in files:
+            shutil.copy2(file, target / file.name)
+        text_dirs[key] = f"pretrained/{name}"
+    return text_dirs
+
+
+def _copy_wheels(wheels: Iterable[Path], dest: Path) -> None:
+    for wheel in wheels:
+        if not wheel.is_file() or wheel.suffix != ".whl":
+            raise ShopeeError(f"--wheel {wheel}: not a wheel file (*.whl)")
+        (dest / "wheels").mkdir(exist_ok=True)
+        shutil.copy2(wheel, dest / "wheels" / wheel.name)
+
+
+def file_list(root: Path) -> list[dict[str, Any]]:
+    return [
+        {"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    ]
+
+
+def write_bundle(
+    dest: Path,
+    ensemble_path: Path,
+    output: Path,
+    *,
+    info: Mapping[str, Any],
+    wheels: Iterable[Path] = (),
+    dataset_metadata: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Fill the empty directory ``dest``; returns the manifest (also written as ``MANIFEST``).
+
+    ``info`` (slug, ensemble name, git commit, settings...) goes into the manifest as it is.
+    """
+    from shopee.ensemble import read_ensemble
+
+    ensemble = read_ensemble(ensemble_path)
+    check_ensemble_folds(ensemble, output)
+    write_json(dest / "dataset-metadata.json", dict(dataset_metadata))
+    shutil.copy2(ensemble_path, dest / ENSEMBLE_FILE)
+    _copy_package(dest / "shopee")
+    configs = _copy_folds(ensemble, output, dest)
+    text_dirs = _copy_text_models(configs.values(), dest)
+    _copy_wheels(wheels, dest)
+    manifest = {
+        "format": FORMAT,
+        **info,
+        "ensemble_file": ENSEMBLE_FILE,
+        "models_dir": MODELS_DIR,
+        "folds": sorted(configs),
+        "text_dirs": text_dirs,
+        "files": file_list(dest),
+    }
+    write_json(dest / MANIFEST, manifest)
+    return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def ensemble_path(self) -> Path:
+        return self.root / self.manifest["ensemble_file"]
+
+    @property
+    def models(self) -> Path:
+        return self.root / self.manifest["models_dir"]
+
+    @property
+    def text_dirs(self) -> dict[str, Path]:
+        return {key: self.root / rel for key, rel in self.manifest["text_dirs"].items()}
+
+    def describe(self) -> str:
+        m = self.manifest
+        size = sum(f["bytes"] for f in m["files"]) / 2**20
+        return (
+            f"kernel {m['slug']}: ensemble {m['ensemble']} (CV F1 {m['cv_f1_all']:.4f}), built "
+            f"{m['built_at']} from commit {m['git_commit']}; {len(m['folds'])} fold models "
+            f"({', '.join(m['folds'])}); {len(m['files'])} files, {size:.1f} MiB"
+        )
+
+
+def open_bundle(root: Path, checksums: bool = True) -> Bundle:
+    """The bundle in ``root``, with every listed file present and of the listed size (and sha256)."""
+    root = Path(root)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise ShopeeError(f"{root / MANIFEST}: cannot read the kernel's manifest ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise ShopeeError(f"{root / MANIFEST}: format {manifest.get('format')}, this code reads {FORMAT}")
+    for entry in manifest["files"]:
+        path = root / entry["path"]
+        if not path.is_file():
+            raise ShopeeError(
+                f"{path}: listed in the manifest but missing (upload the dataset with --dir-mode zip "
+                "so that its folders are kept)"
+            )
+        if path.stat().st_size != entry["bytes"] or (checksums and sha256(path) != entry["sha256"]):
+            raise ShopeeError(f"{path}: differs from the manifest (damaged or from another build)")
+    return Bundle(root, manifest)

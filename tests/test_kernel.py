@@ -1,0 +1,191 @@
+"""build-kernel and run-kernel: the offline notebook, executed end to end against the demo data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from shopee.cli import main
+from shopee.kernel import build as kernel_build
+from shopee.kernel import open_bundle
+from shopee.kernel.bundle import MANIFEST, sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(argv: list[str], capsys, code: int = 0) -> str:
+    assert main(argv) == code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return captured.out if code == 0 else captured.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, small_demo_dir: Path) -> tuple[Path, Path]:
+    """exp001 (image + text) debug-trained on folds 0 and 1 of a copy of the small demo, whose first
+    test image is broken, and the ensemble ``t`` tuned on them."""
+    root = tmp_path_factory.mktemp("kernel")
+    data = Path(shutil.copytree(small_demo_dir, root / "data"))
+    first = pd.read_csv(data / "test.csv")["image"].iloc[0]
+    (data / "test_images" / first).write_bytes(b"not a jpeg")
+    out = root / "output"
+    for fold in ("0", "1"):
+        exp = [sys.executable, str(ROOT / "exp" / "exp001.py"), "--fold", fold, "--debug"]
+        subprocess.run([*exp, "--data", str(data), "--output", str(out)], check=True, capture_output=True)
+    argv = ["optimize-ensemble", "exp001", "--data", str(data), "--output", str(out), "--name", "t"]
+    assert main([*argv, "--tfidf", "--blend-stages", "1"]) == 0
+    return out, data
+
+
+@pytest.fixture(scope="module")
+def kernel(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out, _ = trained
+    kernels = tmp_path_factory.mktemp("kernels")
+    argv = ["build-kernel", "--ensemble", str(out / "ensembles" / "t.json"), "--name", "shopee-t1"]
+    assert main([*argv, "--user", "tester", "--out", str(kernels), "--tta", "flip", "--no-gpu"]) == 0
+    return kernels
+
+
+def test_notebook_submission_equals_cli_predict(trained, kernel: Path, tmp_path: Path, capsys) -> None:
+    out, data = trained
+    printed = _run(
+        ["run-kernel", str(kernel / "shopee-t1"), "--data", str(data), "--work", str(tmp_path)], capsys
+    )
+    submission = tmp_path / "working" / "submission.csv"
+    assert json.loads(printed.strip().splitlines()[-1])["submission"] == str(submission)
+    assert "CV mode False" in printed and "embed:exp001:fold1" in printed and "total" in printed
+
+    cli = tmp_path / "cli.csv"
+    ensemble = str(out / "ensembles" / "t.json")
+    _run(["predict", "--ensemble", ensemble, "--data", str(data), "--out", str(cli), "--tta", "flip"], capsys)
+    assert submission.read_text() == cli.read_text()  # row for row, the same predict function
+
+    rows = pd.read_csv(submission, dtype=str)
+    test = pd.read_csv(data / "test.csv", dtype=str)
+    assert list(rows["posting_id"]) == list(test["posting_id"])  # each posting once, the broken image too
+    for pid, matches in zip(rows["posting_id"], rows["matches"], strict=True):
+        assert matches.split(" ")[0] == pid
+
+    # The executed notebook is kept, and says what it was built from.
+    executed = json.loads((tmp_path / "working" / "shopee-t1.ipynb").read_text())
+    intro = "".join(executed["cells"][0]["source"])
+    commit = executed["metadata"]["shopee"]["git_commit"]
+    assert "**t**" in intro and commit in intro and commit != ""
+
+
+def test_cv_mode_prints_an_f1(trained, kernel: Path, tmp_path: Path, capsys) -> None:
+    _, data = trained
+    small = Path(shutil.copytree(data, tmp_path / "data"))
+    test = pd.read_csv(small / "test.csv")
+    test.head(3).to_csv(small / "test.csv", index=False)
+    printed = _run(
+        ["run-kernel", str(kernel / "shopee-t1"), "--data", str(small), "--work", str(tmp_path / "run")],
+        capsys,
+    )
+    assert "CV mode True" in printed
+    f1 = float(re.search(r"CV F1 ([0-9.]+) on (\d+) train rows", printed).group(1))
+    assert 0 < f1 <= 1
+    assert len(pd.read_csv(tmp_path / "run" / "working" / "submission.csv")) == 3
+
+
+def test_metadata_and_manifest(kernel: Path) -> None:
+    meta = json.loads((kernel / "shopee-t1" / "kernel-metadata.json").read_text())
+    assert meta["id"] == "tester/shopee-t1" and meta["code_file"] == "shopee-t1.ipynb"
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is False
+    assert meta["competition_sources"] == ["shopee-product-matching"]
+    assert meta["dataset_sources"] == ["tester/shopee-t1-dataset"]
+    assert meta["kernel_type"] == "notebook" and meta["language"] == "python"
+    assert meta["title"] == "Shopee T1"
+    dataset = kernel / "shopee-t1-dataset"
+    dmeta = json.loads((dataset / "dataset-metadata.json").read_text())
+    assert dmeta["id"] == "tester/shopee-t1-dataset" and 6 <= len(dmeta["title"]) <= 50
+    assert dmeta["licenses"] == [{"name": "CC0-1.0"}]
+
+    manifest = json.loads((dataset / MANIFEST).read_text())
+    listed = {f["path"]: f for f in manifest["files"]}
+    on_disk = {p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file()} - {MANIFEST}
+    assert set(listed) == on_disk
+    for name in ("shopee/predict.py", "ensemble.json", "models/exp001/fold1/model.safetensors"):
+        assert listed[name]["sha256"] == sha256(dataset / name)
+        assert listed[name]["bytes"] == (dataset / name).stat().st_size
+    text = [p for p in listed if p.startswith("pretrained/")]
+    assert any(p.endswith("/tokenizer.json") for p in text) and any(p.endswith("/config.json") for p in text)
+    assert not any(p.endswith((".safetensors", ".bin")) for p in text)  # weights come from the folds
+    assert manifest["ensemble"] == "t" and manifest["settings"]["tta"] == "flip"
+
+    bundle = open_bundle(dataset)
+    (dataset / "shopee" / "predict.py").write_text("# tampered\n")
+    with pytest.raises(Exception, match="differs from the manifest"):
+        open_bundle(dataset)
+    shutil.copy2(ROOT / "src" / "shopee" / "predict.py", dataset / "shopee" / "predict.py")
+    assert open_bundle(dataset).manifest == bundle.manifest
+
+
+def test_build_errors(trained, tmp_path: Path, capsys, monkeypatch) -> None:
+    out, _ = trained
+    ensemble_path = out / "ensembles" / "t.json"
+    ensemble = json.loads(ensemble_path.read_text())
+    base = [
+        "build-kernel",
+        "--ensemble",
+        str(ensemble_path),
+        "--user",
+        "tester",
+        "--out",
+        str(tmp_path / "k"),
+        "--output",
+        str(out),
+    ]
+
+    monkeypatch.setattr(kernel_build, "source_state", lambda _: ("abc123", []))  # a clean checkout
+
+    def fails(*extra: str) -> str:
+        err = _run([*base, *extra], capsys, code=2).strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        return err[0]
+
+    assert "kernel title 'Shop'" in fails("--name", "shop", "--title", "Shop")
+    assert "would make it the slug" in fails("--name", "shopee-v1", "--title", "Another Title")
+    assert "slug" in fails("--name", "Shopee_V1")
+    assert "dataset slug" in fails("--name", "a" * 45)
+
+    untrained = tmp_path / "untrained.json"
+    untrained.write_text(json.dumps({**ensemble, "experiments": {**ensemble["experiments"], "exp999": [0]}}))
+    assert "exp999/fold0: not trained" in _run(
+        [*base, "--name", "shopee-x", "--ensemble", str(untrained)], capsys, code=2
+    )
+    broken = Path(shutil.copytree(out, tmp_path / "output"))
+    (broken / "exp001" / "fold1" / "model.safetensors").unlink()
+    err = _run([*base, "--name", "shopee-x", "--output", str(broken)], capsys, code=2)
+    assert "fold1: no model.safetensors" in err
+    assert not (tmp_path / "k" / "shopee-x").exists()
+
+    # Another kernel in the way is kept unless --overwrite; a rebuild of the same one is fine.
+    other = tmp_path / "k" / "shopee-y"
+    other.mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    assert "not a kernel built here" in fails("--name", "shopee-y")
+    assert (other / "notes.txt").read_text() == "mine"
+    _run([*base, "--name", "shopee-y", "--overwrite"], capsys)
+    assert not (other / "notes.txt").exists()
+    _run([*base, "--name", "shopee-y"], capsys)  # same slug, same ensemble: rebuilt
+    renamed = tmp_path / "u.json"
+    renamed.write_text(json.dumps({**ensemble, "name": "u"}))
+    assert "of ensemble 't'" in _run(
+        [*base, "--name", "shopee-y", "--ensemble", str(renamed)], capsys, code=2
+    )
+
+    # Uncommitted changes: a warning, or a refusal with --strict.
+    monkeypatch.setattr(kernel_build, "source_state", lambda _: ("abc123", ["src/shopee/x.py"]))
+    assert "--strict: uncommitted changes" in fails("--name", "shopee-z", "--strict")
+    _run([*base, "--name", "shopee-z"], capsys)
+    assert (
+        json.loads((tmp_path / "k" / "shopee-z-dataset" / MANIFEST).read_text())["git_commit"]
+        == "abc123-dirty"
+    )
