@@ -18,10 +18,14 @@ setup: $(STAMP)
 $(DEMO_DIR)/train.csv: | $(STAMP)
 	$(BIN)/python -m shopee demo-data --out $(DEMO_DIR)
 
-# The main job on the embedded demo data: data, baselines, two experiments on folds 0 and 1 with
+# The whole loop on the embedded demo data: data, baselines, two experiments on folds 0 and 1 with
 # a short schedule (outputs in output/demo/; finished folds are not trained again), the matching
-# rule tuned on their out-of-fold embeddings, a submission for the demo test set and its F1.
+# rule tuned on their out-of-fold embeddings, the offline Kaggle kernel built from it and executed
+# here on the demo test set, and a closing table of F1 figures.
 DEMO_OUT ?= output/demo
+DEMO_KERNEL ?= shopee-demo
+KERNELS ?= kernels
+KAGGLE_USER ?= $(or $(KAGGLE_USERNAME),your-kaggle-name)
 DEMO_TRAIN = --data $(DEMO_DIR) --output $(DEMO_OUT)
 demo: setup
 	@start=$$(date +%s); \
@@ -33,9 +37,12 @@ demo: setup
 	  $(BIN)/python exp/exp001.py --fold $$fold $(DEMO_TRAIN) --set epochs=1 || exit 1; \
 	done && \
 	$(BIN)/python -m shopee optimize-ensemble exp001 exp003 $(DEMO_TRAIN) --name demo --tfidf --phash && \
-	$(BIN)/python -m shopee predict --ensemble $(DEMO_OUT)/ensembles/demo.json --data $(DEMO_DIR) \
-	  --out $(DEMO_OUT)/submission.csv && \
-	$(BIN)/python -m shopee score --submission $(DEMO_OUT)/submission.csv --labels $(DEMO_DIR)/test_labels.csv && \
+	$(BIN)/python -m shopee build-kernel --ensemble $(DEMO_OUT)/ensembles/demo.json --name $(DEMO_KERNEL) \
+	  --user $(KAGGLE_USER) --out $(KERNELS) && \
+	$(BIN)/python -m shopee run-kernel $(KERNELS)/$(DEMO_KERNEL) --data $(DEMO_DIR) && \
+	$(BIN)/python -m shopee demo-summary --ensemble $(DEMO_OUT)/ensembles/demo.json \
+	  --submission $(KERNELS)/$(DEMO_KERNEL)-run/working/submission.csv --labels $(DEMO_DIR)/test_labels.csv \
+	  --kernel $(KERNELS)/$(DEMO_KERNEL) && \
 	echo "make demo finished in $$(( $$(date +%s) - start )) s"
 
 lint: setup

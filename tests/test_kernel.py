@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -79,19 +80,37 @@ def test_notebook_submission_equals_cli_predict(trained, kernel: Path, tmp_path:
     assert "**t**" in intro and commit in intro and commit != ""
 
 
-def test_cv_mode_prints_an_f1(trained, kernel: Path, tmp_path: Path, capsys) -> None:
-    _, data = trained
+def _tiny_wheel(folder: Path) -> Path:
+    """A pure-Python wheel of one module, ``shopee_probe``."""
+    wheel = folder / "shopee_probe-0.1-py3-none-any.whl"
+    files = {
+        "shopee_probe.py": "VALUE = 42\n",
+        "shopee_probe-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: shopee-probe\nVersion: 0.1\n",
+        "shopee_probe-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = "".join(f"{name},," + "\n" for name in [*files, "shopee_probe-0.1.dist-info/RECORD"])
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, text in {**files, "shopee_probe-0.1.dist-info/RECORD": record}.items():
+            zf.writestr(name, text)
+    return wheel
+
+
+def test_cv_mode_and_bundled_wheels(trained, tmp_path: Path, capsys, monkeypatch) -> None:
+    """With a 3-row test.csv the notebook also scores train; bundled wheels are pip-installed."""
+    out, data = trained
     small = Path(shutil.copytree(data, tmp_path / "data"))
-    test = pd.read_csv(small / "test.csv")
-    test.head(3).to_csv(small / "test.csv", index=False)
-    printed = _run(
-        ["run-kernel", str(kernel / "shopee-t1"), "--data", str(small), "--work", str(tmp_path / "run")],
-        capsys,
-    )
+    pd.read_csv(small / "test.csv").head(3).to_csv(small / "test.csv", index=False)
+    kernels = tmp_path / "kernels"
+    argv = ["build-kernel", "--ensemble", str(out / "ensembles" / "t.json"), "--name", "shopee-t2"]
+    _run([*argv, "--user", "tester", "--out", str(kernels), "--wheel", str(_tiny_wheel(tmp_path))], capsys)
+    monkeypatch.setenv("PIP_TARGET", str(tmp_path / "site"))  # pip installs there, not into this venv
+    printed = _run(["run-kernel", str(kernels / "shopee-t2"), "--data", str(small)], capsys)
+    assert "1 wheels installed" in printed and (tmp_path / "site" / "shopee_probe.py").is_file()
     assert "CV mode True" in printed
-    f1 = float(re.search(r"CV F1 ([0-9.]+) on (\d+) train rows", printed).group(1))
+    f1 = float(re.search(r"CV F1 ([0-9.]+) on \d+ train rows", printed).group(1))
     assert 0 < f1 <= 1
-    assert len(pd.read_csv(tmp_path / "run" / "working" / "submission.csv")) == 3
+    assert len(pd.read_csv(kernels / "shopee-t2-run" / "working" / "submission.csv")) == 3
 
 
 def test_metadata_and_manifest(kernel: Path) -> None:

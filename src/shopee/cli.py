@@ -232,6 +232,12 @@ def _cmd_run_kernel(args: argparse.Namespace) -> None:
     print(json.dumps({"working": str(working), "submission": str(submission), "seconds": round(seconds, 1)}))
 
 
+def _cmd_demo_summary(args: argparse.Namespace) -> None:
+    from shopee.demo.summary import demo_summary
+
+    demo_summary(Path(args.ensemble), Path(args.submission), Path(args.labels), Path(args.kernel))
+
+
 def _cmd_score(args: argparse.Namespace) -> None:
 
     from shopee.data import read_csv_checked
@@ -405,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--submission", required=True, help="posting_id,matches CSV")
     score.add_argument("--labels", required=True, help="posting_id,label_group CSV")
     score.set_defaults(func=_cmd_score)
+
+    summary = sub.add_parser("demo-summary", help="the closing table of make demo")
+    summary.add_argument("--ensemble", required=True, help="OUTPUT/ensembles/NAME.json")
+    summary.add_argument("--submission", required=True, help="the kernel's submission.csv")
+    summary.add_argument("--labels", required=True, help="the demo's test_labels.csv")
+    summary.add_argument("--kernel", required=True, help="the kernel's notebook folder")
+    summary.set_defaults(func=_cmd_demo_summary)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures (not tests)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")

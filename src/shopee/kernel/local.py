@@ -84,7 +84,12 @@ def run_kernel(
     env = {k: v for k, v in os.environ.items() if k not in ("SHOPEE_DATA", "SHOPEE_INPUT")}
     env.update({"SHOPEE_INPUT": str(inputs), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     client = NotebookClient(
-        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(working)}}
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(working)}},
+        # The kernel is local and short-lived: its warning about unencrypted local TCP is noise.
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     started = time.perf_counter()
     try:

@@ -1,0 +1,41 @@
+"""The closing summary of ``make demo``: the CV F1 of every step of the loop, the test F1, where
+the kernel lies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from shopee.data import read_csv_checked
+from shopee.ensemble import read_ensemble
+from shopee.metrics import score_submission
+from shopee.outputs import fold_dir, is_finished, read_metrics
+
+
+def demo_summary(ensemble_path: Path, submission: Path, labels: Path, kernel: Path) -> dict:
+    """Print the summary table and return its figures."""
+    ensemble = read_ensemble(ensemble_path)
+    output = ensemble_path.resolve().parent.parent
+    rows = []
+    for exp, folds in ensemble["experiments"].items():
+        for fold in folds:
+            path = fold_dir(output, exp, fold)
+            if is_finished(path):
+                s = read_metrics(path)["summary"]
+                rows.append(
+                    {"step": f"{exp} fold {fold} ({s['kind']})", "F1": s["cv_f1"], "on": "its fold (CV)"}
+                )
+    for step in ensemble["steps"]:
+        rows.append({"step": f"ensemble: {step['step']}", "F1": step["all"]["f1"], "on": "all OOF rows (CV)"})
+    sub, _ = read_csv_checked(submission, ["posting_id", "matches"])
+    truth, _ = read_csv_checked(labels, ["posting_id", "label_group"])
+    test = score_submission(sub, truth.astype({"label_group": str}))
+    rows.append({"step": "kernel submission", "F1": test.f1, "on": f"demo test ({len(truth)} rows)"})
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"kernel: {kernel} (notebook) and {kernel}-dataset (its Kaggle dataset)")
+    result = {"cv_f1": ensemble["cv_f1_all"], "test_f1": test.f1, "kernel": str(kernel)}
+    print(json.dumps(result))
+    return result
