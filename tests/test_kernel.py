@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -36,11 +37,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, small_demo_dir: Path) -> t
     first = pd.read_csv(data / "test.csv")["image"].iloc[0]
     (data / "test_images" / first).write_bytes(b"not a jpeg")
     out = root / "output"
-    for fold in ("0", "1"):
+    for fold in ("0", "1"):  # relative paths, as a user types them
         exp = [sys.executable, str(ROOT / "exp" / "exp001.py"), "--fold", fold, "--debug"]
-        subprocess.run([*exp, "--data", str(data), "--output", str(out)], check=True, capture_output=True)
-    argv = ["optimize-ensemble", "exp001", "--data", str(data), "--output", str(out), "--name", "t"]
-    assert main([*argv, "--tfidf", "--blend-stages", "1"]) == 0
+        subprocess.run(
+            [*exp, "--data", "data", "--output", "output"], check=True, capture_output=True, cwd=root
+        )
+    argv = ["optimize-ensemble", "exp001", "--data", "data", "--output", "output", "--name", "t"]
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main([*argv, "--tfidf", "--blend-stages", "1"]) == 0
+    finally:
+        os.chdir(here)
     return out, data
 
 

@@ -102,6 +102,23 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     print(json.dumps({"exp": exp, **result}))
 
 
+def _cmd_bench_embed(args: argparse.Namespace) -> None:
+    from shopee.bench_embed import bench_embed, print_bench_embed
+    from shopee.runner import load_experiment
+
+    exp, cfg = load_experiment(args.exp)
+    if args.set:
+        cfg = cfg.with_overrides(args.set)
+    try:
+        sizes = [int(v) for v in args.image_sizes.split(",")]
+    except ValueError:
+        raise ShopeeError(f"--image-sizes {args.image_sizes!r}: expected sizes like 128,256,384") from None
+    print(f"{exp}:")
+    print_bench_embed(
+        bench_embed(cfg, sizes, batches=args.batches, batch_size=args.batch_size, source_px=args.source_px)
+    )
+
+
 def _cmd_bench_match(args: argparse.Namespace) -> None:
     from shopee.bench_match import run_bench
 
@@ -431,6 +448,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     bench_train.set_defaults(func=_cmd_bench_train)
+    bench_embed = bench_sub.add_parser(
+        "embed",
+        help="per-item inference costs: JPEG decode, image and text forward, GFLOPs, model loading",
+    )
+    bench_embed.add_argument("--exp", required=True, help="experiment name (exp/NAME.py) or path")
+    bench_embed.add_argument(
+        "--image-sizes", default="128,256,384,512", help="comma-separated sizes [%(default)s]"
+    )
+    bench_embed.add_argument("--source-px", type=_positive_int, default=640, help="JPEG side [%(default)s]")
+    bench_embed.add_argument("--batches", type=_positive_int, default=5, help="timed batches [%(default)s]")
+    bench_embed.add_argument("--batch-size", type=_positive_int, default=32, help="[%(default)s]")
+    bench_embed.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
+    bench_embed.set_defaults(func=_cmd_bench_embed)
     bench_match = bench_sub.add_parser(
         "match",
         help="matching speed on synthetic data: the rule's stages against bare top-k, post-processing; "

@@ -409,7 +409,7 @@ def _write_outputs(
             "seed": cfg.seed,
             "debug": debug,
             "git_commit": git_commit(code_dir or Path.cwd()),
-            "data": str(data_dir),
+            "data": str(Path(data_dir).resolve()),
             "n_classes": data.n_classes,
             "n_train": len(data.train),
             "n_valid": len(data.valid),

@@ -65,9 +65,12 @@ def _copy_folds(ensemble: dict[str, Any], output: Path, dest: Path) -> dict[str,
             target = fold_dir(dest / MODELS_DIR, exp, fold)
             target.mkdir(parents=True)
             for name in FOLD_FILES:
-                if (source / name).is_file():
+                if (source / name).is_file() and name != "config.json":
                     shutil.copy2(source / name, target / name)
             meta = json.loads((source / "config.json").read_text())
+            # The data path was checked against the ensemble's here; a relative one would not
+            # resolve to the same place from the notebook's working directory.
+            write_json(target / "config.json", {**meta, "data": ensemble["data"]["dir"]})
             configs[f"{exp}/fold{fold}"] = Config.from_dict(meta["config"])
     return configs
 
