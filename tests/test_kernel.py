@@ -68,7 +68,7 @@ def test_notebook_submission_equals_cli_predict(trained, kernel: Path, tmp_path:
     )
     submission = tmp_path / "working" / "submission.csv"
     assert json.loads(printed.strip().splitlines()[-1])["submission"] == str(submission)
-    assert "CV mode False" in printed and "embed:exp001:fold1" in printed and "total" in printed
+    assert "CV mode False" in printed and "embed:exp001/fold0, exp001/fold1" in printed and "total" in printed
 
     cli = tmp_path / "cli.csv"
     ensemble = str(out / "ensembles" / "t.json")

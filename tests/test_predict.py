@@ -15,7 +15,8 @@ import torch
 
 from shopee.cli import main
 from shopee.data import read_split
-from shopee.predict import embed_rows, load_fold_model
+from shopee.ensemble import read_ensemble
+from shopee.predict import embed_rows, ensemble_embeddings, load_fold_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,6 +123,31 @@ def test_fold_model_reloads_to_its_oof_embeddings(tuned: tuple[Path, Path]) -> N
     train = read_split(data, "train", check_images=False).set_index("posting_id").loc[index["posting_id"]]
     emb = embed_rows(model, cfg, train.reset_index(), torch.device("cpu"), "error")
     np.testing.assert_allclose(emb["txt"], np.load(fold / "oof_txt.npy"), atol=1e-5)
+
+
+def test_folds_share_one_pass_with_the_same_embeddings(tuned: tuple[Path, Path]) -> None:
+    """The fold models of an experiment embed in one pass over the data, as if run one by one."""
+    out, data = tuned
+    cpu = torch.device("cpu")
+    df = read_split(data, "test", image_policy="blank")
+    timings: dict[str, float] = {}
+    ensemble = read_ensemble(out / "ensembles" / "t.json")
+    member = {
+        "name": "exp003_txt",
+        "type": "embedding",
+        "source": "exp003:txt",
+        "threshold": 0.5,
+        "blend": [],
+    }
+    ensemble["params"]["members"] = [member]  # the tuned rule may use TF-IDF alone on this tiny data
+    together = ensemble_embeddings(ensemble, out, df, cpu, "blank", timings)
+    assert [k for k in timings if k.startswith("embed:")] == ["embed:exp003/fold0, exp003/fold1"]
+    total = sum(
+        embed_rows(*load_fold_model(out / "exp003" / f"fold{k}", cpu), df, cpu, "blank")["txt"]
+        for k in (0, 1)
+    )
+    expected = total / np.linalg.norm(total, axis=1, keepdims=True)
+    np.testing.assert_allclose(together["exp003:txt"], expected, atol=1e-6)
 
 
 def test_predict_bad_input(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from shopee.atomic import write_csv
 from shopee.config import Config
 from shopee.data import read_split
 from shopee.dataset import PostingDataset, make_loader
-from shopee.embed import embed
+from shopee.embed import embed_many
 from shopee.ensemble import read_ensemble
 from shopee.errors import ShopeeError
 from shopee.match import match, matches_to_strings
@@ -77,21 +77,23 @@ def load_fold_model(
     return model.to(device).eval(), cfg
 
 
-def embed_rows(
-    model: ShopeeModel,
+def embed_rows_shared(
+    models: Sequence[ShopeeModel],
     cfg: Config,
     df: pd.DataFrame,
     device: torch.device,
     image_policy: str,
     batch_size: int | None = None,
     tta: str | None = None,
-) -> dict[str, np.ndarray]:
+) -> list[dict[str, np.ndarray]]:
+    """Embeddings of ``df`` by several models whose configs share ``loader_key``, decoding once."""
+    first = models[0]
     image_kwargs: dict[str, Any] = {}
-    if model.image is not None:
-        image_kwargs = dict(image_size=cfg.image_size, mean=model.image.mean, std=model.image.std)
+    if first.image is not None:
+        image_kwargs = dict(image_size=cfg.image_size, mean=first.image.mean, std=first.image.std)
     dataset = PostingDataset(
         df,
-        tokenizer=model.text.tokenizer if model.text is not None else None,
+        tokenizer=first.text.tokenizer if first.text is not None else None,
         max_len=cfg.max_len,
         image_policy=image_policy,  # type: ignore[arg-type]
         **image_kwargs,
@@ -102,7 +104,26 @@ def embed_rows(
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )
-    return embed(model, loader, device, cfg.amp, cfg.channels_last and device.type == "cuda", tta=tta)
+    return embed_many(models, loader, device, cfg.amp, cfg.channels_last and device.type == "cuda", tta=tta)
+
+
+def embed_rows(
+    model: ShopeeModel,
+    cfg: Config,
+    df: pd.DataFrame,
+    device: torch.device,
+    image_policy: str,
+    batch_size: int | None = None,
+    tta: str | None = None,
+) -> dict[str, np.ndarray]:
+    return embed_rows_shared([model], cfg, df, device, image_policy, batch_size, tta)[0]
+
+
+def loader_key(cfg: Config) -> tuple[Any, ...]:
+    """Fold models with equal keys read identical batches (same image transform, same tokens)."""
+    image = (cfg.image_model, cfg.image_size) if cfg.image_model else None
+    text = (text_key(cfg), cfg.max_len) if cfg.text_model else None
+    return image, text
 
 
 def ensemble_embeddings(
@@ -122,22 +143,32 @@ def ensemble_embeddings(
     base = {s for s in needed if not s.startswith("cat:")}
     for source in needed & set(combined):
         base |= {part["source"] for part in combined[source]}
-    sums: dict[str, np.ndarray] = {}
+    # Folds (of any experiment) that read identical batches are embedded in one pass.
+    groups: dict[tuple[Any, ...], list[tuple[str, int, Config]]] = {}
     for exp, folds in ensemble["experiments"].items():
         if not any(s.startswith(f"{exp}:") for s in base):
             continue
         for fold in folds:
-            started = time.perf_counter()
-            path = fold_dir(output, exp, fold)
-            model, cfg = load_fold_model(path, device, text_dirs)
-            out = embed_rows(model, cfg, df, device, image_policy, tta=tta)
+            cfg = Config.from_dict(
+                json.loads((fold_dir(output, exp, fold) / "config.json").read_text())["config"]
+            )
+            groups.setdefault(loader_key(cfg), []).append((exp, fold, cfg))
+    sums: dict[str, np.ndarray] = {}
+    for members in groups.values():
+        started = time.perf_counter()
+        models = [
+            load_fold_model(fold_dir(output, exp, fold), device, text_dirs)[0] for exp, fold, _ in members
+        ]
+        outs = embed_rows_shared(models, members[0][2], df, device, image_policy, tta=tta)
+        for (exp, _, _), out in zip(members, outs, strict=True):
             for kind, array in out.items():
                 key = f"{exp}:{kind}"
                 if key in base:
                     sums[key] = sums.get(key, 0) + array
-            del model
-            if timings is not None:
-                timings[f"embed:{exp}:fold{fold}"] = round(time.perf_counter() - started, 2)
+        del models
+        if timings is not None:
+            names = ", ".join(f"{exp}/fold{fold}" for exp, fold, _ in members)
+            timings[f"embed:{names}"] = round(time.perf_counter() - started, 2)
     missing = base - set(sums)
     if missing:
         raise ShopeeError(f"the params use {', '.join(sorted(missing))}, which no trained fold produces")
