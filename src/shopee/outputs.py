@@ -57,20 +57,18 @@ def save_index(path: Path, index: pd.DataFrame) -> None:
         index.to_parquet(tmp, index=False)
 
 
+def git(where: Path, *args: str) -> str:
+    """Output of ``git ARGS`` run in ``where`` (OSError or SubprocessError when it fails)."""
+    return subprocess.run(
+        ["git", *args], cwd=where, capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+
+
 def git_commit(where: Path) -> str:
     """The commit the code ran from (``-dirty`` with uncommitted changes), or ``unknown``."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        commit = git(where, "rev-parse", "HEAD").strip()
+        dirty = git(where, "status", "--porcelain", "--untracked-files=no").strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("-dirty" if dirty else "")

@@ -30,6 +30,7 @@ from shopee.errors import ShopeeError
 from shopee.kernel import metadata as meta
 from shopee.kernel.bundle import MANIFEST, open_bundle, write_bundle
 from shopee.kernel.notebook import make_notebook
+from shopee.outputs import git
 from shopee.predict import check_ensemble_folds, load_fold_model
 
 
@@ -47,22 +48,8 @@ class Kernel:
 def source_state(package_dir: Path) -> tuple[str, list[str]]:
     """(HEAD commit or ``unknown``, changed or untracked files under ``package_dir``)."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=package_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--", "."],
-            cwd=package_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout
+        commit = git(package_dir, "rev-parse", "HEAD").strip()
+        status = git(package_dir, "status", "--porcelain", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return "unknown", []
     return commit, [line[3:] for line in status.splitlines() if line.strip()]
