@@ -121,6 +121,22 @@ def test_cv_mode_and_bundled_wheels(trained, tmp_path: Path, capsys, monkeypatch
     assert len(pd.read_csv(kernels / "shopee-t2-run" / "working" / "submission.csv")) == 3
 
 
+def test_a_damaged_bundle_fails_in_one_line(trained, tmp_path: Path, capsys) -> None:
+    out, data = trained
+    kernels = tmp_path / "kernels"
+    argv = ["build-kernel", "--ensemble", str(out / "ensembles" / "t.json"), "--name", "shopee-t3"]
+    _run([*argv, "--user", "tester", "--out", str(kernels)], capsys)
+    (kernels / "shopee-t3-dataset" / "models" / "exp001" / "fold1" / "model.safetensors").unlink()
+    err = _run(["run-kernel", str(kernels / "shopee-t3"), "--data", str(data)], capsys, code=2).strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert (
+        "a cell failed (ShopeeError:" in err
+        and "fold1/model.safetensors: listed in the manifest but missing" in err
+    )
+    assert (kernels / "shopee-t3-run" / "working" / "shopee-t3.ipynb").is_file()  # kept for reading
+    assert not (kernels / "shopee-t3-run" / "working" / "submission.csv").exists()
+
+
 def test_metadata_and_manifest(kernel: Path) -> None:
     meta = json.loads((kernel / "shopee-t1" / "kernel-metadata.json").read_text())
     assert meta["id"] == "tester/shopee-t1" and meta["code_file"] == "shopee-t1.ipynb"
