@@ -256,24 +256,15 @@ def _cmd_demo_summary(args: argparse.Namespace) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
+    from shopee.metrics import score_files
 
-    from shopee.data import read_csv_checked
-    from shopee.metrics import score_submission
-
-    submission, _ = read_csv_checked(Path(args.submission), ["posting_id", "matches"])
-    labels, _ = read_csv_checked(Path(args.labels), ["posting_id", "label_group"])
-    try:
-        score = score_submission(submission, labels.astype({"label_group": str}))
-    except ValueError as exc:
-        raise ShopeeError(f"{args.submission}: {exc}") from None
+    score, n_labels = score_files(Path(args.submission), Path(args.labels))
     print(
         f"{args.submission}: F1 {score.f1:.4f}, precision {score.precision:.4f}, recall {score.recall:.4f} "
-        f"on {len(labels)} rows"
+        f"on {n_labels} rows"
     )
     print(
-        json.dumps(
-            {"f1": score.f1, "precision": score.precision, "recall": score.recall, "rows": len(labels)}
-        )
+        json.dumps({"f1": score.f1, "precision": score.precision, "recall": score.recall, "rows": n_labels})
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -132,3 +133,19 @@ def score_submission(submission: pd.DataFrame, labels: pd.DataFrame) -> MatchSco
     truth = labels["label_group"].map(groups)
     predicted = submission.set_index("posting_id")["matches"].reindex(labels["posting_id"]).fillna("")
     return score_sets([m.split() for m in predicted], list(truth))
+
+
+def score_files(submission: Path, labels: Path) -> tuple[MatchScore, int]:
+    """``score_submission`` of two CSV files: (the score, the number of labelled rows).
+
+    A submission that misses or repeats a labelled posting is a ``ShopeeError`` naming the file.
+    """
+    from shopee.data import read_csv_checked
+    from shopee.errors import ShopeeError
+
+    rows, _ = read_csv_checked(submission, ["posting_id", "matches"])
+    truth, _ = read_csv_checked(labels, ["posting_id", "label_group"])
+    try:
+        return score_submission(rows, truth.astype({"label_group": str})), len(truth)
+    except ValueError as exc:
+        raise ShopeeError(f"{submission}: {exc}") from None

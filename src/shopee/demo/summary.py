@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from shopee.data import read_csv_checked
 from shopee.ensemble import read_ensemble
-from shopee.metrics import score_submission
+from shopee.metrics import score_files
 from shopee.outputs import fold_dir, is_finished, read_metrics
 
 
@@ -29,10 +28,8 @@ def demo_summary(ensemble_path: Path, submission: Path, labels: Path, kernel: Pa
                 )
     for step in ensemble["steps"]:
         rows.append({"step": f"ensemble: {step['step']}", "F1": step["all"]["f1"], "on": "all OOF rows (CV)"})
-    sub, _ = read_csv_checked(submission, ["posting_id", "matches"])
-    truth, _ = read_csv_checked(labels, ["posting_id", "label_group"])
-    test = score_submission(sub, truth.astype({"label_group": str}))
-    rows.append({"step": "kernel submission", "F1": test.f1, "on": f"demo test ({len(truth)} rows)"})
+    test, n_labels = score_files(submission, labels)
+    rows.append({"step": "kernel submission", "F1": test.f1, "on": f"demo test ({n_labels} rows)"})
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"kernel: {kernel} (notebook) and {kernel}-dataset (its Kaggle dataset)")
