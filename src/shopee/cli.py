@@ -192,6 +192,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 def _cmd_build_kernel(args: argparse.Namespace) -> None:
     from shopee.kernel import build_kernel
+    from shopee.kernel.bundle import size_mib
 
     kernel = build_kernel(
         Path(args.ensemble),
@@ -211,7 +212,7 @@ def _cmd_build_kernel(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
     )
     m = kernel.manifest
-    size = sum(f["bytes"] for f in m["files"]) / 2**20
+    size = size_mib(m)
     gpu = "on" if args.gpu else "off"
     print(f"notebook {kernel.notebook} (kernel {m['kernel']}, GPU {gpu}, internet off)")
     print(f"dataset  {kernel.dataset_dir}: {len(m['files'])} files, {size:.1f} MiB, {len(m['folds'])} folds")

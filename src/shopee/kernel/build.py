@@ -156,7 +156,13 @@ def build_kernel(
         new_dataset = Path(staging) / "dataset"
         new_dataset.mkdir()
         manifest = write_bundle(
-            new_dataset, ensemble_path, output, info=info, wheels=wheels, dataset_metadata=dataset_meta
+            new_dataset,
+            ensemble_path,
+            ensemble,
+            output,
+            info=info,
+            wheels=wheels,
+            dataset_metadata=dataset_meta,
         )
         with _offline():
             _verify_models(new_dataset)

@@ -30,7 +30,7 @@ from shopee.atomic import write_json
 from shopee.config import Config
 from shopee.errors import ShopeeError
 from shopee.outputs import fold_dir
-from shopee.predict import MODEL_FILES, check_ensemble_folds, text_key
+from shopee.predict import MODEL_FILES, text_key
 
 MANIFEST = "shopee-bundle.json"
 FORMAT = 1
@@ -104,6 +104,10 @@ def _copy_wheels(wheels: Iterable[Path], dest: Path) -> None:
         shutil.copy2(wheel, dest / "wheels" / wheel.name)
 
 
+def size_mib(manifest: Mapping[str, Any]) -> float:
+    return sum(f["bytes"] for f in manifest["files"]) / 2**20
+
+
 def file_list(root: Path) -> list[dict[str, Any]]:
     return [
         {"path": p.relative_to(root).as_posix(), "bytes": p.stat().st_size, "sha256": sha256(p)}
@@ -115,6 +119,7 @@ def file_list(root: Path) -> list[dict[str, Any]]:
 def write_bundle(
     dest: Path,
     ensemble_path: Path,
+    ensemble: dict[str, Any],
     output: Path,
     *,
     info: Mapping[str, Any],
@@ -123,12 +128,10 @@ def write_bundle(
 ) -> dict[str, Any]:
     """Fill the empty directory ``dest``; returns the manifest (also written as ``MANIFEST``).
 
-    ``info`` (slug, ensemble name, git commit, settings...) goes into the manifest as it is.
+    ``ensemble`` is the content of ``ensemble_path``, its folds already checked against ``output``
+    (``check_ensemble_folds``). ``info`` (slug, ensemble name, git commit, settings...) goes into
+    the manifest as it is.
     """
-    from shopee.ensemble import read_ensemble
-
-    ensemble = read_ensemble(ensemble_path)
-    check_ensemble_folds(ensemble, output)
     write_json(dest / "dataset-metadata.json", dict(dataset_metadata))
     shutil.copy2(ensemble_path, dest / ENSEMBLE_FILE)
     _copy_package(dest / "shopee")
@@ -167,11 +170,10 @@ class Bundle:
 
     def describe(self) -> str:
         m = self.manifest
-        size = sum(f["bytes"] for f in m["files"]) / 2**20
         return (
             f"kernel {m['slug']}: ensemble {m['ensemble']} (CV F1 {m['cv_f1_all']:.4f}), built "
             f"{m['built_at']} from commit {m['git_commit']}; {len(m['folds'])} fold models "
-            f"({', '.join(m['folds'])}); {len(m['files'])} files, {size:.1f} MiB"
+            f"({', '.join(m['folds'])}); {len(m['files'])} files, {size_mib(m):.1f} MiB"
         )
 
 
