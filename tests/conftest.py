@@ -17,6 +17,7 @@ from shopee.demo import generate_demo
 # The tiny random BERT several test files build models from (no weights, no downloads).
 TINY_BERT_HIDDEN = 32
 TINY_BERT_LAYERS = 2
+TINY_BERT_INTERMEDIATE = 64
 TINY_BERT_WORDS = [
     "[PAD]",
     "[UNK]",
@@ -68,7 +69,7 @@ def text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         hidden_size=TINY_BERT_HIDDEN,
         num_hidden_layers=TINY_BERT_LAYERS,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=TINY_BERT_INTERMEDIATE,
         max_position_embeddings=64,
     ).save_pretrained(directory)
     return directory

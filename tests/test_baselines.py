@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shopee.baselines import TFIDF_THRESHOLDS, run_baselines
+from shopee.baselines import run_baselines
 from shopee.cli import main
+from shopee.constants import TFIDF_GRID
 from shopee.data import read_split
 from shopee.folds import load_folds
 from shopee.match import tfidf_matrix
@@ -44,7 +45,7 @@ def test_baselines_agree_with_brute_force(demo_copy: Path) -> None:
     assert np.isclose(
         result["phash"]["all"], score_sets([set(ids[phash == phash[i]]) for i in ids], truths).f1
     )
-    best = max(_oracle_tfidf_f1(list(train["title"]), labels, t) for t in TFIDF_THRESHOLDS)
+    best = max(_oracle_tfidf_f1(list(train["title"]), labels, t) for t in TFIDF_GRID)
     assert np.isclose(result["tfidf"]["all"], best)
     thr = result["tfidf"]["threshold_all"]
     assert np.isclose(_oracle_tfidf_f1(list(train["title"]), labels, thr), best)

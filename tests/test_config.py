@@ -12,7 +12,7 @@ def test_overrides_are_typed() -> None:
         [
             "epochs=3",
             "lr_head=0.01",
-            "amp=false",
+            "amp=off",
             "text_model=",
             "fusion=none",
             "margin_start=0.2",
@@ -22,7 +22,7 @@ def test_overrides_are_typed() -> None:
     )
     assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
     assert cfg.lr_head == 0.01
-    assert cfg.amp is False
+    assert cfg.amp == "off"
     assert cfg.text_model == "" and cfg.fusion == "none"
     assert cfg.margin_start == 0.2
     assert cfg.stages == [{"epochs": 1, "train": ["head"]}]
@@ -99,3 +99,20 @@ def test_embedding_kinds_follow_the_encoders() -> None:
     assert embedding_kinds(Config()) == ["img", "txt", "fused"]
     assert embedding_kinds(Config(text_model="", fusion="none")) == ["img"]
     assert embedding_kinds(Config(image_model="", fusion="none")) == ["txt"]
+
+
+def test_embed_dim_with_the_bn_neck_is_refused_not_ignored() -> None:
+    # The bn neck keeps the encoder's width: an embed_dim there used to be dropped silently.
+    with pytest.raises(ConfigError, match="embed_dim=256 has no effect with neck='bn'"):
+        Config().with_overrides(["embed_dim=256"])
+    assert Config(neck="linear_bn", embed_dim=256).validate().projection_dim == 256
+    assert Config(neck="linear_bn").validate().projection_dim == 512  # the documented default
+    # the shared projection maps to embed_dim whatever the neck
+    assert Config(fusion="multi", shared_projection=True, embed_dim=64).validate().projection_dim == 64
+
+
+def test_configs_of_older_runs_still_load() -> None:
+    """A fold's config.json from before the precision policy (amp true/false, embed_dim with bn)."""
+    old = {**Config().to_dict(), "amp": True, "embed_dim": 512}
+    assert Config.from_dict(old).amp == "auto"
+    assert Config.from_dict({**old, "amp": False}).amp == "off"

@@ -137,7 +137,8 @@ def test_a_damaged_bundle_fails_in_one_line(trained, tmp_path: Path, capsys) -> 
     assert not (kernels / "shopee-t3-run" / "working" / "submission.csv").exists()
 
 
-def test_metadata_and_manifest(kernel: Path) -> None:
+def test_metadata_and_manifest(trained, kernel: Path) -> None:
+    out, _ = trained
     meta = json.loads((kernel / "shopee-t1" / "kernel-metadata.json").read_text())
     assert meta["id"] == "tester/shopee-t1" and meta["code_file"] == "shopee-t1.ipynb"
     assert meta["enable_internet"] is False and meta["enable_gpu"] is False
@@ -157,6 +158,13 @@ def test_metadata_and_manifest(kernel: Path) -> None:
     for name in ("shopee/predict.py", "ensemble.json", "models/exp001/fold1/model.safetensors"):
         assert listed[name]["sha256"] == sha256(dataset / name)
         assert listed[name]["bytes"] == (dataset / name).stat().st_size
+    assert not any(p.startswith(("shopee/bench/", "shopee/demo/")) for p in listed)  # never run there
+    assert "shopee/cli.py" in listed and "shopee/match/rules.py" in listed
+    # the fold files travel as training wrote them (no path rewritten: folds know data by content)
+    for name in ("config.json", "metrics.json"):
+        assert (dataset / "models/exp001/fold0" / name).read_bytes() == (
+            out / "exp001/fold0" / name
+        ).read_bytes()
     text = [p for p in listed if p.startswith("pretrained/")]
     assert any(p.endswith("/tokenizer.json") for p in text) and any(p.endswith("/config.json") for p in text)
     assert not any(p.endswith((".safetensors", ".bin")) for p in text)  # weights come from the folds
@@ -232,3 +240,24 @@ def test_build_errors(trained, tmp_path: Path, capsys, monkeypatch) -> None:
         json.loads((tmp_path / "k" / "shopee-z-dataset" / MANIFEST).read_text())["git_commit"]
         == "abc123-dirty"
     )
+
+
+def test_image_and_text_fold_reloads_to_its_oof_embeddings(trained) -> None:
+    """The rebuilt exp001 model reads its validation rows through the same dataset as training
+    (images and titles) and gives back the stored OOF embeddings of every kind."""
+    import numpy as np
+    import torch
+
+    from shopee.data import read_split
+    from shopee.embed import embed_rows
+    from shopee.outputs import FoldRecord
+    from shopee.runtime import Runtime
+
+    out, data = trained
+    record = FoldRecord.open(out / "exp001" / "fold1")
+    index = record.oof_index()
+    rows = read_split(data, "train").set_index("posting_id").loc[index["posting_id"]].reset_index()
+    (again,) = embed_rows([record.build_model()], record.config, rows, Runtime(torch.device("cpu")))
+    assert set(again) == {"img", "txt", "fused"}
+    for kind, array in again.items():
+        np.testing.assert_allclose(array, record.oof(kind), atol=1e-5, err_msg=kind)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
+from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
-from shopee.match import MAX_OTHERS, Pairs, knn_pairs, normalize_rows, resolve_backend
+from shopee.match import Pairs, knn_pairs, normalize_rows, resolve_backend
 
 GAP = 1e-5  # float32 products: closer similarities count as a tie
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics.pairwise import cosine_similarity
 
+from shopee.constants import MAX_OTHERS
 from shopee.match import (
-    MAX_OTHERS,
     Pairs,
     f1_by_threshold,
     phash_exact_pairs,

@@ -43,11 +43,12 @@ def make_cfg(text_dir: Path, **changes) -> Config:
         text_model=str(text_dir),
         text_pretrained=False,
         max_len=MAX_LEN,
-        embed_dim=16,
         early_dim=16,
         early_heads=2,
     )
     base.update(changes)
+    if base.get("neck", "bn") != "bn" or base.get("shared_projection"):
+        base.setdefault("embed_dim", 16)  # the bn neck keeps its input width: no embed_dim there
     return Config(**base).validate()
 
 

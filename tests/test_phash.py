@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
 from shopee.match import (
-    MAX_OTHERS,
     Pairs,
     hamming_pairs,
     parse_phashes,

@@ -15,8 +15,13 @@ import torch
 
 from shopee.cli import main
 from shopee.data import read_split
-from shopee.ensemble import read_ensemble
-from shopee.predict import embed_rows, ensemble_embeddings, load_fold_model
+from shopee.embed import embed_rows
+from shopee.ensemble_file import read_ensemble
+from shopee.outputs import FoldRecord
+from shopee.predict import ensemble_embeddings, ensemble_records
+from shopee.runtime import Runtime
+
+CPU = Runtime(torch.device("cpu"))
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,12 +122,11 @@ def test_predict_writes_a_complete_submission(tuned: tuple[Path, Path], tmp_path
 def test_fold_model_reloads_to_its_oof_embeddings(tuned: tuple[Path, Path]) -> None:
     """A fold model rebuilt from its files embeds its validation rows as training stored them."""
     out, data = tuned
-    fold = out / "exp003" / "fold0"
-    model, cfg = load_fold_model(fold, torch.device("cpu"))
-    index = pd.read_parquet(fold / "oof_index.parquet")
+    record = FoldRecord.open(out / "exp003" / "fold0")
+    index = record.oof_index()
     train = read_split(data, "train", check_images=False).set_index("posting_id").loc[index["posting_id"]]
-    emb = embed_rows(model, cfg, train.reset_index(), torch.device("cpu"), "error")
-    np.testing.assert_allclose(emb["txt"], np.load(fold / "oof_txt.npy"), atol=1e-5)
+    (emb,) = embed_rows([record.build_model()], record.config, train.reset_index(), CPU)
+    np.testing.assert_allclose(emb["txt"], record.oof("txt"), atol=1e-5)
 
 
 def test_folds_share_one_pass_with_the_same_embeddings(tuned: tuple[Path, Path]) -> None:
@@ -140,11 +144,11 @@ def test_folds_share_one_pass_with_the_same_embeddings(tuned: tuple[Path, Path])
         "blend": [],
     }
     ensemble["params"]["members"] = [member]  # the tuned rule may use TF-IDF alone on this tiny data
-    together = ensemble_embeddings(ensemble, out, df, cpu, "blank", timings)
+    records = ensemble_records(ensemble, out)
+    together = ensemble_embeddings(ensemble, records, df, cpu, "blank", timings)
     assert [k for k in timings if k.startswith("embed:")] == ["embed:exp003/fold0, exp003/fold1"]
     total = sum(
-        embed_rows(*load_fold_model(out / "exp003" / f"fold{k}", cpu), df, cpu, "blank")["txt"]
-        for k in (0, 1)
+        embed_rows([r.build_model()], r.config, df, CPU, image_policy="blank")[0]["txt"] for r in records
     )
     expected = total / np.linalg.norm(total, axis=1, keepdims=True)
     np.testing.assert_allclose(together["exp003:txt"], expected, atol=1e-6)
@@ -180,11 +184,11 @@ def test_predict_bad_input(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> 
     missing.write_text(json.dumps({**ensemble, "experiments": {"exp003": [0, 3]}}))
     assert "fold3" in run(missing)
     old = tmp_path / "old.json"
-    old.write_text(json.dumps({**ensemble, "version": 0}))
-    assert "version" in run(old)
+    old.write_text(json.dumps({key: v for key, v in ensemble.items() if key != "format"}))
+    assert "run optimize-ensemble again" in run(old)
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({**ensemble, "data": {**ensemble["data"], "dir": "/elsewhere"}}))
-    assert "tuned on /elsewhere" in run(other)
+    other.write_text(json.dumps({**ensemble, "data": {**ensemble["data"], "train_sha256": "0" * 64}}))
+    assert "trained on other data" in run(other)
     empty = Path(shutil.copytree(data, tmp_path / "empty"))
     (empty / "test.csv").write_text("posting_id,image,image_phash,title\n")
     assert "no rows" in run(ensemble_path, empty)
@@ -202,3 +206,38 @@ def test_score_rejects_an_incomplete_submission(tmp_path: Path, capsys) -> None:
     assert main(["score", "--submission", str(sub), "--labels", str(labels)]) == 0
     # rows: a -> {a,b} vs {a,b}: 1; b -> {b} vs {a,b}: 2/3; c -> {c} vs {c}: 1
     assert np.isclose(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["f1"], (1 + 2 / 3 + 1) / 3)
+
+
+def test_a_moved_data_directory_still_predicts(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    """Folds know their data by content: moving it is fine, another train.csv is refused."""
+    out, data = tuned
+    moved = tmp_path / "moved"
+    hidden = data.with_name(data.name + "-away")
+    data.rename(hidden)  # the directory the folds were trained from is gone ...
+    try:
+        shutil.copytree(hidden, moved)  # ... and lives here now
+        argv = ["predict", "--ensemble", str(out / "ensembles" / "t.json"), "--out", str(tmp_path / "s.csv")]
+        assert main([*argv, "--data", str(moved)]) == 0, capsys.readouterr().err
+        assert len(pd.read_csv(tmp_path / "s.csv")) == len(pd.read_csv(moved / "test.csv"))
+
+        train = pd.read_csv(moved / "train.csv", dtype=str)
+        train.loc[0, "label_group"] = "123456789"  # one posting in another group: another train.csv
+        train.to_csv(moved / "train.csv", index=False)
+        (tmp_path / "s.csv").unlink()
+        assert main([*argv, "--data", str(moved)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            len(err) == 1 and "train.csv: not the train.csv the ensemble's models were trained on" in err[0]
+        )
+        assert not (tmp_path / "s.csv").exists()
+    finally:
+        hidden.rename(data)
+
+
+def test_skip_is_refused_for_a_submission(tuned: tuple[Path, Path]) -> None:
+    from shopee.errors import ShopeeError
+    from shopee.predict import predict
+
+    out, data = tuned
+    with pytest.raises(ShopeeError, match="skip would leave rows out of the submission"):
+        predict(out / "ensembles" / "t.json", data, image_policy="skip")

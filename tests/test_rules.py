@@ -374,7 +374,16 @@ def test_timings_per_stage() -> None:
     )
     timings: dict[str, float] = {}
     match(params, 4, embeddings={"fused": E}, titles=["a b"] * 4, phashes=["0" * 16] * 4, timings=timings)
-    assert set(timings) == {"blend:fused:1", "blend:fused:2", "knn:fused", "tfidf:t", "phash:p", "combine"}
+    assert set(timings) == {
+        "knn:fused:blend1",
+        "blend:fused:1",
+        "knn:fused:blend2",
+        "blend:fused:2",
+        "knn:fused",
+        "tfidf:t",
+        "phash:p",
+        "combine",
+    }
     assert all(v >= 0 for v in timings.values())
 
 

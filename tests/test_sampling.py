@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shopee.config import Config
-from shopee.sampling import balanced_indices, epoch_indices, size_weights
+from shopee.sampling import balanced_indices, epoch_indices, epoch_length, size_weights
 
 
 def test_size_weights() -> None:
@@ -40,3 +40,13 @@ def test_epochs_are_seeded_and_differ() -> None:
     assert np.array_equal(epoch_indices(labels, cfg, 2), epoch_indices(labels, cfg, 2))
     assert not np.array_equal(epoch_indices(labels, cfg, 2), epoch_indices(labels, cfg, 3))
     assert sorted(epoch_indices(labels, cfg, 0)) == list(range(len(labels)))  # a permutation
+
+
+def test_epoch_length_is_what_an_epoch_yields() -> None:
+    # Small groups lifted to min_per_class make a balanced epoch longer than the data.
+    labels = np.repeat(np.arange(30), np.r_[np.full(20, 2), np.full(10, 12)])
+    balanced = Config(balanced=True, min_per_class=4, max_per_class=12)
+    for cfg in (Config(), Config(sample_weight_power=0.4), balanced, Config(balanced=True)):
+        for epoch in (0, 3):
+            assert epoch_length(labels, cfg) == len(epoch_indices(labels, cfg, epoch))
+    assert epoch_length(labels, balanced) == 20 * 4 + 10 * 12 > len(labels)

@@ -72,6 +72,7 @@ def test_debug_run_writes_the_fold_contract(
     config = json.loads((fold_dir / "config.json").read_text())
     assert config["seed"] == 42 and config["debug"] is True and config["git_commit"]
     assert config["config"]["image_size"] <= 64 or not config["config"]["image_model"]
+    assert config["data"]["train_sha256"] and config["data"]["rows"] == len(train)
     metrics = json.loads((fold_dir / "metrics.json").read_text())
     assert metrics["finished"] is True and metrics["summary"] == summary
     epoch = metrics["epochs"][-1]
@@ -79,6 +80,10 @@ def test_debug_run_writes_the_fold_contract(
     for score in epoch["scores"].values():
         assert {"f1", "threshold", "recall@1", "recall@5", "recall@10"} <= set(score)
     assert np.isfinite(epoch["loss"])
+
+    # Off a terminal (a pipe, a log file) the epoch still shows its progress, in train.log too.
+    assert "epoch 1: 33% (1/3 batches" in proc.stdout and "validation: " in proc.stdout
+    assert "epoch 1: 67% (2/3 batches" in (fold_dir / "train.log").read_text()
 
     # A finished fold is left alone without --overwrite.
     before = (fold_dir / "model.safetensors").stat().st_mtime_ns
@@ -172,9 +177,68 @@ def test_bench_train_prints_rates_and_ratios(demo_copy: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["exp"] == "exp001"
+    assert result["exp"] == "exp001" and result["device"] == "cpu" and result["precision"] == "fp32"
     for key in ("train_loader_per_s", "train_tensors_per_s", "embed_loader_per_s", "embed_tensors_per_s"):
         assert result[key] > 0
     assert np.isclose(
         result["train_ratio"], result["train_loader_per_s"] / result["train_tensors_per_s"], rtol=0.01
     )
+
+
+def test_the_schedule_ends_with_the_epoch_it_was_sized_for(
+    small_demo_dir: Path, text_dir: Path, tmp_path: Path
+) -> None:
+    """Balanced resampling draws more rows than the fold has: the cosine schedule must be sized
+    from what an epoch really yields, or it runs past its end and the learning rate rises again."""
+    from shopee.config import Config
+    from shopee.sampling import epoch_length
+    from shopee.train import load_fold_data, train_fold
+
+    cfg = Config(
+        image_model="",
+        text_model=str(text_dir),
+        text_pretrained=False,
+        fusion="none",
+        balanced=True,
+        min_per_class=4,
+        batch_size=8,
+        epochs=1,
+        warmup=0.0,
+        num_workers=0,
+    )
+    data = load_fold_data(cfg, small_demo_dir, 0, debug=False)
+    assert epoch_length(data.train_labels, cfg) > len(data.train) + 2 * cfg.batch_size  # the case at hand
+    train_fold(cfg, "sched", 0, small_demo_dir, tmp_path)
+    history = json.loads((tmp_path / "sched" / "fold0" / "metrics.json").read_text())["epochs"]
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine's end, not past it
+
+
+def test_skip_leaves_bad_images_out_of_training_only(demo_copy: Path, tmp_path: Path) -> None:
+    """image_policy=skip: rows with broken images train no more, but the folds (shared by every
+    experiment) and the validation rows scored stay those of the whole train.csv."""
+    from shopee.config import Config
+    from shopee.train import train_fold
+
+    train = read_split(demo_copy, "train", check_images=False)
+    folds = load_folds(demo_copy, train)  # another experiment already made the folds
+    folds_file = (demo_copy / "folds-5.csv").read_text()
+    broken = [train.index[folds != 0][0], train.index[folds == 0][0]]  # one training, one validation row
+    for row in broken:
+        (demo_copy / "train_images" / train.loc[row, "image"]).write_bytes(b"not a jpeg")
+    cfg = Config(
+        image_model="tf_efficientnet_lite0",
+        image_pretrained=False,
+        text_model="",
+        fusion="none",
+        image_policy="skip",
+        num_workers=0,
+    )
+    summary = train_fold(cfg, "skip", 0, demo_copy, tmp_path, debug=True)
+    assert 0 <= summary["cv_f1"] <= 1
+    out = tmp_path / "skip" / "fold0"
+    index = pd.read_parquet(out / "oof_index.parquet")
+    assert list(index["posting_id"]) == list(train.loc[folds == 0, "posting_id"])  # the broken one too
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_train"] == int((folds != 0).sum()) - 1
+    assert "1 training rows with unusable images left out" in (out / "train.log").read_text()
+    assert (demo_copy / "folds-5.csv").read_text() == folds_file

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from shopee.constants import TFIDF_GRID
 from shopee.match import Pairs, f1_by_threshold, phash_exact_pairs, tfidf_pairs
 from shopee.metrics import score_pairs, self_pairs
-
-TFIDF_THRESHOLDS = np.round(np.arange(0.20, 0.96, 0.01), 2)
 
 
 def _f1(pairs: Pairs, labels: np.ndarray) -> float:
@@ -25,7 +24,7 @@ def _subset_scores(df: pd.DataFrame) -> dict[str, object]:
     return {
         "self": score_pairs(*self_pairs(len(df)), labels).mean().f1,
         "phash": _f1(phash_exact_pairs(df["image_phash"]), labels),
-        "tfidf_curve": f1_by_threshold(tfidf_pairs(df["title"]), labels, TFIDF_THRESHOLDS),
+        "tfidf_curve": f1_by_threshold(tfidf_pairs(df["title"]), labels, TFIDF_GRID),
     }
 
 
@@ -54,8 +53,8 @@ def run_baselines(train: pd.DataFrame, folds: np.ndarray) -> dict[str, dict[str,
         "tfidf": {
             "fold": float(fold_curve[best_fold]),
             "all": float(whole["tfidf_curve"][best_all]),
-            "threshold": float(TFIDF_THRESHOLDS[best_fold]),
-            "threshold_all": float(TFIDF_THRESHOLDS[best_all]),
+            "threshold": float(TFIDF_GRID[best_fold]),
+            "threshold_all": float(TFIDF_GRID[best_all]),
         },
     }
 

@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shopee.data import IMAGE_POLICIES, SPLITS, find_data_dir, read_split
+from shopee.constants import IMAGE_POLICIES, PREDICT_IMAGE_POLICIES
+from shopee.data import SPLITS, find_data_dir, read_split
 from shopee.errors import ShopeeError, exit_code
 
 DATA_HELP = "competition directory or a Kaggle input root holding it [$SHOPEE_DATA, then /kaggle/input]"
@@ -85,7 +86,7 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> None:
-    from shopee.bench import bench_train
+    from shopee.bench.train import bench_train
     from shopee.runner import load_experiment
 
     exp, cfg = load_experiment(args.exp)
@@ -103,7 +104,7 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_embed(args: argparse.Namespace) -> None:
-    from shopee.bench_embed import bench_embed, print_bench_embed
+    from shopee.bench.embed import bench_embed, print_bench_embed
     from shopee.runner import load_experiment
 
     exp, cfg = load_experiment(args.exp)
@@ -120,12 +121,11 @@ def _cmd_bench_embed(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_match(args: argparse.Namespace) -> None:
-    from shopee.bench_match import run_bench
+    from shopee.bench.match import run_bench
 
     run_bench(
         args.n,
         args.dim,
-        naive=args.naive,
         search=args.search,
         search_rows=args.search_rows,
         blend_stages=args.blend_stages,
@@ -135,7 +135,8 @@ def _cmd_bench_match(args: argparse.Namespace) -> None:
 
 
 def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
-    from shopee.ensemble import optimize_ensemble, summary_table
+    from shopee.ensemble import optimize_ensemble
+    from shopee.ensemble_file import read_ensemble, summary_table
 
     output = Path(args.output)
     result = optimize_ensemble(
@@ -149,7 +150,7 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
         backend=args.backend,
         blend_stages=args.blend_stages,
     )
-    ensemble = json.loads((output / "ensembles" / f"{args.name}.json").read_text())
+    ensemble = read_ensemble(output / "ensembles" / f"{args.name}.json")
     print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     folder = output / "ensembles"
     print(f"wrote {folder / (args.name + '.json')} and its report in {folder / args.name}")
@@ -369,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument(
         "--image-policy",
-        choices=IMAGE_POLICIES,
+        choices=PREDICT_IMAGE_POLICIES,
         default="blank",
         help="a test image that will not open: blank keeps the submission complete [%(default)s]",
     )
@@ -391,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tta(kern)
     kern.add_argument(
         "--image-policy",
-        choices=IMAGE_POLICIES,
+        choices=PREDICT_IMAGE_POLICIES,
         default="blank",
         help="a test image that will not open [%(default)s: the submission stays complete]",
     )
@@ -458,13 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_match = bench_sub.add_parser(
         "match",
         help="matching speed on synthetic data: the rule's stages against bare top-k, post-processing; "
-        "--naive and --search run those parts instead",
+        "--search times the threshold search instead",
     )
     bench_match.add_argument("--n", type=int, default=70000, help="synthetic postings [%(default)s]")
     bench_match.add_argument("--dim", type=int, default=512, help="embedding dimensions [%(default)s]")
-    bench_match.add_argument(
-        "--naive", action="store_true", help="time the notebook way against ours on --n rows (try 20000)"
-    )
     bench_match.add_argument("--search", action="store_true", help="time the threshold search on OOF rows")
     bench_match.add_argument(
         "--search-rows", type=int, default=34000, help="OOF rows for --search [%(default)s]"

@@ -18,6 +18,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from shopee.constants import AMP_MODES, DEFAULT_EMBED_DIM, HEADS, IMAGE_POLICIES, K
 from shopee.errors import ShopeeError
 
 
@@ -29,9 +30,7 @@ IMAGE_POOLS = ("gem", "avg", "max")
 TEXT_POOLS = ("mean", "cls", "attention", "mean_last4")
 NECKS = ("bn", "linear_bn", "linear_bn_prelu", "fc_dropout")
 FUSIONS = ("none", "late", "early", "multi")
-HEADS = ("arcface", "cosface", "subcenter_arcface", "curricularface", "adacos")
 OPTIMIZERS = ("adamw", "sgd")
-IMAGE_POLICIES = ("error", "skip", "blank")
 # Parts a training stage can unfreeze; "image.lastN" / "text.lastN" name the last N blocks/layers.
 PARTS = ("all", "image", "text", "neck", "head")
 
@@ -41,7 +40,9 @@ class Config:
     # --- experiment -------------------------------------------------------------------------
     seed: int = 42
     n_folds: int = 5
-    image_policy: str = "error"  # missing or unreadable images: error, skip, blank
+    # Missing or unreadable images: error (stop), skip (leave those rows out of training; validation
+    # rows keep a blank image so that every experiment scores the same rows), blank.
+    image_policy: str = "error"
     # --- image encoder ("" = no image encoder) ------------------------------------------------
     image_model: str = "tf_efficientnet_lite0"
     image_pretrained: bool = True
@@ -57,7 +58,10 @@ class Config:
     max_len: int = 32
     # --- neck, fusion, head ---------------------------------------------------------------------
     neck: str = "bn"
-    embed_dim: int = 512
+    # Width of a projecting neck (linear_bn, linear_bn_prelu, fc_dropout) and of the shared
+    # projection; unset: DEFAULT_EMBED_DIM. The bn neck keeps the encoder's width, so setting it
+    # there is an error rather than silently ignored.
+    embed_dim: int | None = None
     dropout: float = 0.1
     fusion: str = "late"
     early_layers: int = 1  # early fusion: transformer layers over image and text tokens
@@ -87,7 +91,7 @@ class Config:
     batch_size: int = 32
     epochs: int = 6  # used when `stages` is empty: one stage training everything
     stages: list[dict[str, Any]] = field(default_factory=list)
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: str = "auto"  # mixed precision on CUDA: auto, bf16, fp16, off (fp32 on CPU; see runtime)
     channels_last: bool = True  # on CUDA
     num_workers: int = 2
     # --- sampling and augmentation --------------------------------------------------------------
@@ -103,7 +107,7 @@ class Config:
         ]
     )
     # --- evaluation -----------------------------------------------------------------------------
-    eval_k: int = 51  # neighbours searched per row (itself included)
+    eval_k: int = K  # neighbours searched per row (itself included)
     eval_batch_size: int = 64
     # --- debug runs (--debug) -------------------------------------------------------------------
     debug_batches: int = 3
@@ -128,7 +132,16 @@ class Config:
         choice("head", HEADS)
         choice("optimizer", OPTIMIZERS)
         choice("image_policy", IMAGE_POLICIES)
-        positive("n_folds", "image_size", "max_len", "embed_dim", "scale", "batch_size", "accum_steps")
+        choice("amp", AMP_MODES)
+        positive("n_folds", "image_size", "max_len", "scale", "batch_size", "accum_steps")
+        if self.embed_dim is not None:
+            positive("embed_dim")
+            if self.neck == "bn" and not self.shared_projection:
+                raise ConfigError(
+                    f"embed_dim={self.embed_dim} has no effect with neck='bn' (BatchNorm keeps the "
+                    "encoder's width): use a projecting neck (linear_bn, linear_bn_prelu, fc_dropout) "
+                    "or leave embed_dim unset"
+                )
         positive("eval_k", "eval_batch_size", "debug_batches", "debug_image_size", "subcenters")
         positive("lr_image", "lr_text", "lr_head", "early_layers", "early_heads", "early_dim")
         if self.n_folds < 2:
@@ -179,11 +192,20 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
+        """A config from ``to_dict`` output, also of an older version of this class (not validated)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        data = dict(data)
+        if isinstance(data.get("amp"), bool):  # before the precision policy: amp was on/off
+            data["amp"] = "auto" if data["amp"] else "off"
         return cls(**data)
+
+    @property
+    def projection_dim(self) -> int:
+        """The width a projecting neck or the shared projection maps to."""
+        return self.embed_dim if self.embed_dim is not None else DEFAULT_EMBED_DIM
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -15,24 +15,22 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from shopee.constants import COMPETITION, IMAGE_POLICIES
 from shopee.errors import DataError
 
-COMPETITION = "shopee-product-matching"
 KAGGLE_INPUT_ROOT = Path("/kaggle/input")
 DATA_ENV = "SHOPEE_DATA"
 
 SPLITS = ("train", "test")
 TEST_COLUMNS = ["posting_id", "image", "image_phash", "title"]
 TRAIN_COLUMNS = [*TEST_COLUMNS, "label_group"]
-IMAGE_POLICIES = ("error", "skip", "blank")
-ImagePolicy = Literal["error", "skip", "blank"]
+ImagePolicy = str  # one of IMAGE_POLICIES
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 Titles are tokenized once up front; images are decoded per item (JPEG draft mode decodes a
 large photo at reduced size directly). A text-only dataset never opens an image file, and an
 image-only one never needs a tokenizer.
+
+``dataset_for`` is the one place that turns (config, model, rows) into a dataset: training,
+validation, prediction and the benchmarks all use it, so train-time and test-time inputs are
+built the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from shopee.augment import build_augment
+from shopee.config import Config
 from shopee.data import ImagePolicy, load_image
 
 
@@ -80,6 +86,38 @@ class PostingDataset(Dataset):
             item["input_ids"] = self.input_ids[i]
             item["attention_mask"] = self.attention_mask[i]
         return item
+
+
+def dataset_for(
+    cfg: Config,
+    model,
+    df: pd.DataFrame,
+    *,
+    labels: np.ndarray | None = None,
+    augment: bool = False,
+    image_policy: str | None = None,
+) -> PostingDataset:
+    """The dataset a ``ShopeeModel`` built from ``cfg`` reads ``df`` through.
+
+    Images at ``cfg.image_size`` normalized by the image encoder's mean and std, titles by its
+    tokenizer to ``cfg.max_len``; ``augment`` applies ``cfg.augment`` (training only);
+    ``labels`` (class index per row) for training. ``image_policy`` (default ``cfg.image_policy``)
+    decides what an image that fails to decode becomes: ``skip`` rows were dropped when the data
+    was read, so here it acts as ``blank``.
+    """
+    policy = image_policy or cfg.image_policy
+    image_kwargs: dict = {}
+    if model.image is not None:
+        image_kwargs = dict(image_size=cfg.image_size, mean=model.image.mean, std=model.image.std)
+    return PostingDataset(
+        df,
+        tokenizer=model.text.tokenizer if model.text is not None else None,
+        max_len=cfg.max_len,
+        labels=labels,
+        transform=build_augment(cfg.augment) if augment and model.image is not None else None,
+        image_policy="blank" if policy == "skip" else policy,  # type: ignore[arg-type]
+        **image_kwargs,
+    )
 
 
 def _seed_worker(worker_id: int) -> None:

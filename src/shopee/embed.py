@@ -1,53 +1,41 @@
-"""Batched embedding with a trained model: validation folds and test sets alike."""
+"""Batched embedding with trained models: validation folds and test sets alike."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.nn.functional import normalize
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from shopee.config import Config
+from shopee.dataset import dataset_for, make_loader
 from shopee.models import ShopeeModel
+from shopee.progress import Log, Progress
+from shopee.runtime import Runtime
 
 TTA_MODES = (None, "flip")
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bfloat16 where supported, else float16); nothing on CPU."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool = False) -> dict:
-    out = {}
-    for key, value in batch.items():
-        value = value.to(device, non_blocking=True)
-        if key == "image" and channels_last:
-            value = value.contiguous(memory_format=torch.channels_last)
-        out[key] = value
-    return out
 
 
 @torch.no_grad()
 def embed_many(
     models: Sequence[ShopeeModel],
     loader: DataLoader,
-    device: torch.device,
-    amp: bool = True,
-    channels_last: bool = False,
+    runtime: Runtime,
     desc: str = "embedding",
     tta: str | None = None,
+    log: Log | None = None,
+    log_with_bar: Log | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """``embed`` for several models that read the same batches, in one pass over the loader.
+    """L2-normalized float32 embeddings per kind of each model, row-aligned with the loader's
+    order, in one pass over the loader (models that read the same batches share every decoded
+    batch: decoding images is the dearest part of inference on Kaggle's two CPU cores).
 
-    Decoding images is the dearest part of inference on Kaggle's two CPU cores: the fold models
-    of an experiment share every decoded batch instead of decoding the test set once each.
+    ``tta="flip"`` also embeds every image mirrored left to right and averages the two normalized
+    embeddings of each kind before normalizing again (text-only kinds come out unchanged).
+    Progress lines go to ``log`` and ``log_with_bar`` as ``Progress`` says.
     """
     if tta not in TTA_MODES:
         raise ValueError(f"tta={tta!r}: expected one of {', '.join(map(str, TTA_MODES))}")
@@ -56,13 +44,13 @@ def embed_many(
     for model in models:
         model.eval()
         parts.append({kind: [] for kind in model.kinds})
-    for batch in tqdm(loader, desc=desc, leave=False, disable=None, mininterval=2.0):
-        batch = to_device({k: v for k, v in batch.items() if k != "label"}, device, channels_last)
+    for batch in Progress(loader, desc, unit="batches", log=log, log_with_bar=log_with_bar):
+        batch = runtime.to_device({k: v for k, v in batch.items() if k != "label"})
         flipped_batch = (
             {**batch, "image": batch["image"].flip(-1)} if tta == "flip" and "image" in batch else None
         )
         for model, out_parts in zip(models, parts, strict=True):
-            with autocast(device, amp):
+            with runtime.autocast():
                 out = {k: normalize(v.float(), dim=1) for k, v in model(batch).items() if k in model.kinds}
                 if flipped_batch is not None:
                     flipped = model(flipped_batch)
@@ -76,18 +64,24 @@ def embed_many(
     return [{kind: np.concatenate(chunks) for kind, chunks in p.items()} for p in parts]
 
 
-def embed(
-    model: ShopeeModel,
-    loader: DataLoader,
-    device: torch.device,
-    amp: bool = True,
-    channels_last: bool = False,
-    desc: str = "embedding",
+def embed_rows(
+    models: Sequence[ShopeeModel],
+    cfg: Config,
+    df: pd.DataFrame,
+    runtime: Runtime,
+    *,
+    image_policy: str | None = None,
+    batch_size: int | None = None,
     tta: str | None = None,
-) -> dict[str, np.ndarray]:
-    """L2-normalized float32 embeddings per kind, row-aligned with the loader's order.
-
-    ``tta="flip"`` also embeds every image mirrored left to right and averages the two normalized
-    embeddings of each kind before normalizing again (text-only kinds come out unchanged).
-    """
-    return embed_many([model], loader, device, amp, channels_last, desc, tta)[0]
+    desc: str = "embedding",
+) -> list[dict[str, np.ndarray]]:
+    """Embeddings of the rows of ``df`` by ``models``, which read the same batches as a model
+    built from ``cfg`` (``dataset_for``); images decoded once for all of them."""
+    dataset = dataset_for(cfg, models[0], df, image_policy=image_policy)
+    loader = make_loader(
+        dataset,
+        batch_size or cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+        pin_memory=runtime.pin_memory,
+    )
+    return embed_many(models, loader, runtime, desc=desc, tta=tta)

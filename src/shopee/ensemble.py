@@ -17,19 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from tqdm.auto import tqdm
 
+from shopee.constants import EMBEDDING_GRID, PHASH_DISTANCES, TFIDF_GRID, K
 from shopee.data import read_split
+from shopee.ensemble_file import COMBINED_PREFIX, write_ensemble
 from shopee.errors import ShopeeError
 from shopee.match import PARAMS_VERSION, Pairs, combine, f1_by_threshold, member_candidates, validate_params
 from shopee.metrics import MatchScore, RowScores, score_pairs
 from shopee.oof import OOFSet, combined_embedding
+from shopee.progress import Progress
 
-K = 51
-EMBEDDING_GRID = np.round(np.arange(0.05, 1.0, 0.01), 2)
-TFIDF_GRID = np.round(np.arange(0.2, 1.0, 0.01), 2)
-PHASH_DISTANCES = (0, 2, 4, 6, 8)
 BLEND_GRID = (0.5, 0.6, 0.7, 0.8)
 MIN2_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 REFINE_STEPS = (0.05, 0.02, 0.01)
@@ -145,7 +142,7 @@ def embedding_members(oof: OOFSet, scorer_embeddings: dict[str, np.ndarray]) -> 
         for kind in oof.kinds():
             keys = [f"{exp}:{kind}" for exp in oof.experiments if f"{exp}:{kind}" in oof.embeddings]
             if len(keys) > 1:
-                source = f"cat:{kind}"
+                source = f"{COMBINED_PREFIX}{kind}"
                 scorer_embeddings[source] = combined_embedding(
                     [oof.embeddings[k] for k in keys], [1.0] * len(keys)
                 )
@@ -202,16 +199,16 @@ def search(
     Blending is the costly step (each tried stage threshold is one more kNN search per subset);
     ``blend_stages=0`` skips it.
     """
-    bar = tqdm(desc="optimize-ensemble", unit="eval", disable=None, mininterval=1.0)
+    ticks = Progress(None, "optimize-ensemble", unit="rules scored")
 
     def evaluate(params: dict[str, Any]) -> Scores:
-        bar.update(1)
+        ticks.update()
         return scorer.score(params)
 
     alone = {}
     for member in pool:
         alone[member["name"]] = _best_alone(scorer, member, objective)
-        bar.update(1)
+        ticks.update()
     ranked = sorted(pool, key=lambda m: alone[m["name"]][objective], reverse=True)
     for m in pool:  # no later step moves a threshold more than FLOOR_MARGIN below its best alone
         if m["type"] != "phash":
@@ -298,7 +295,7 @@ def search(
                     if scores.value(objective) > best.value(objective) + 1e-6:
                         members, min2, best, improved = trial_members, trial_min2, scores, True
     steps.append(_step("refined thresholds", _params(members, min2), best))
-    bar.close()
+    ticks.close()
     params = validate_params(_params(members, min2))
     return SearchResult(params, best, alone, steps)
 
@@ -407,7 +404,6 @@ def optimize_ensemble(
 
     ensemble = {
         "name": name,
-        "version": PARAMS_VERSION,
         "params": result.params,
         "cv_f1_fold": result.scores.fold.f1,
         "cv_f1_all": result.scores.all.f1,
@@ -417,16 +413,14 @@ def optimize_ensemble(
         "combined_sources": _combined_sources(oof, result.params),
         "experiments": {exp: oof.folds for exp in experiments},
         "skipped": oof.skipped,
-        "data": {"dir": oof.data_dir, "oof_rows": len(oof.index)},
+        "data": {"dir": oof.data_dir, "oof_rows": len(oof.index), **oof.data.to_dict()},
         "steps": result.steps,
         "evaluations": scorer.evaluations,
         "seconds": round(time.perf_counter() - started, 1),
     }
     ensembles = output / "ensembles"
     write_report(ensembles / name, ensemble, result, scorer, oof)
-    from shopee.atomic import write_json
-
-    write_json(ensembles / f"{name}.json", ensemble)
+    write_ensemble(ensembles / f"{name}.json", ensemble)
     return {
         "name": name,
         "cv_f1_fold": ensemble["cv_f1_fold"],
@@ -440,40 +434,11 @@ def _combined_sources(oof: OOFSet, params: dict[str, Any]) -> dict[str, list[dic
     out = {}
     for member in params["members"]:
         source = member.get("source", "")
-        if source.startswith("cat:"):
-            kind = source[4:]
+        if source.startswith(COMBINED_PREFIX):
+            kind = source[len(COMBINED_PREFIX) :]
             out[source] = [
                 {"source": f"{exp}:{kind}", "weight": 1.0}
                 for exp in oof.experiments
                 if f"{exp}:{kind}" in oof.embeddings
             ]
     return out
-
-
-def read_ensemble(path: Path) -> dict[str, Any]:
-    try:
-        ensemble = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ShopeeError(f"{path}: cannot read the ensemble ({exc})") from None
-    if ensemble.get("version") != PARAMS_VERSION:
-        raise ShopeeError(
-            f"{path}: made by another version ({ensemble.get('version')}, this is {PARAMS_VERSION})"
-        )
-    validate_params(ensemble["params"])
-    return ensemble
-
-
-def summary_table(ensemble: dict[str, Any]) -> pd.DataFrame:
-    rows = [
-        {
-            "step": s["step"],
-            "F1 fold": s["fold"]["f1"],
-            "P fold": s["fold"]["precision"],
-            "R fold": s["fold"]["recall"],
-            "F1 all": s["all"]["f1"],
-            "P all": s["all"]["precision"],
-            "R all": s["all"]["recall"],
-        }
-        for s in ensemble["steps"]
-    ]
-    return pd.DataFrame(rows)

@@ -3,13 +3,20 @@
 Every experiment on the same data reads the same ``folds-<n>.csv`` so their out-of-fold
 predictions can be compared and ensembled. When the data directory is read-only (a Kaggle input
 mount), the file goes to ``$SHOPEE_CACHE`` (default ``~/.cache/shopee``) instead.
+
+``DataFingerprint`` identifies the data a model was trained on by content, not by path: a hash of
+train.csv's posting ids and label groups and one of the fold of each posting. A moved data
+directory keeps its fingerprint; another train.csv or another split does not.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,3 +91,62 @@ def load_folds(data_dir: str | Path, train: pd.DataFrame, n_folds: int = 5) -> n
     except OSError:
         write_csv(cached, table)
     return folds
+
+
+def _rows_sha256(keys: pd.Series, values: np.ndarray) -> str:
+    """sha256 of ``key<TAB>value`` lines sorted by key: the same whatever the row order."""
+    order = np.argsort(keys.to_numpy(dtype=str), kind="stable")
+    lines = [f"{k}\t{v}" for k, v in zip(keys.to_numpy()[order], np.asarray(values)[order], strict=True)]
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class DataFingerprint:
+    """What a fold model was trained on: train.csv's content and its split into folds."""
+
+    train_sha256: str  # posting ids and label groups of train.csv
+    folds_sha256: str  # the fold of each posting
+    rows: int
+    n_folds: int
+
+    @classmethod
+    def of(cls, train: pd.DataFrame, folds: np.ndarray, n_folds: int) -> DataFingerprint:
+        return cls(
+            train_sha256=train_sha256(train),
+            folds_sha256=_rows_sha256(train["posting_id"], folds),
+            rows=len(train),
+            n_folds=int(n_folds),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataFingerprint:
+        return cls(
+            str(data["train_sha256"]), str(data["folds_sha256"]), int(data["rows"]), int(data["n_folds"])
+        )
+
+    def short(self) -> str:
+        return (
+            f"{self.rows} rows, train {self.train_sha256[:10]}, {self.n_folds} folds {self.folds_sha256[:10]}"
+        )
+
+
+def train_sha256(train: pd.DataFrame) -> str:
+    """The train part of a ``DataFingerprint`` (``read_split``'s posting_id and label_group)."""
+    return _rows_sha256(train["posting_id"], train["label_group"].to_numpy())
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint_cached(data_dir: str, n_folds: int, mtime_ns: int) -> DataFingerprint:
+    from shopee.data import read_split
+
+    train = read_split(data_dir, "train", check_images=False)
+    return DataFingerprint.of(train, load_folds(data_dir, train, n_folds), n_folds)
+
+
+def fingerprint_of_dir(data_dir: str | Path, n_folds: int) -> DataFingerprint:
+    """The fingerprint of the train split in ``data_dir`` with its ``n_folds`` folds."""
+    path = Path(data_dir).resolve()
+    return _fingerprint_cached(str(path), int(n_folds), (path / "train.csv").stat().st_mtime_ns)

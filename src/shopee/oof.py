@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from shopee.constants import EMBEDDING_KINDS
 from shopee.errors import ShopeeError
-from shopee.outputs import fold_dir, is_finished
+from shopee.folds import DataFingerprint
+from shopee.outputs import FoldRecord, finished_folds, fold_dir
 
 
 @dataclass
@@ -18,13 +19,15 @@ class OOFSet:
     """OOF rows of the folds every experiment finished, with each experiment's embeddings.
 
     ``embeddings`` is keyed ``"<exp>:<kind>"`` (``exp001:fused``); arrays are row-aligned with
-    ``index`` (posting_id, label_group, fold), L2-normalized float32.
+    ``index`` (posting_id, label_group, fold), L2-normalized float32. ``data`` is the data every
+    fold was trained on (by content); ``data_dir`` where it was, for messages.
     """
 
     index: pd.DataFrame
     embeddings: dict[str, np.ndarray]
     folds: list[int]
     experiments: dict[str, list[int]]  # folds each experiment has finished
+    data: DataFingerprint
     data_dir: str
     skipped: list[str] = field(default_factory=list)  # "exp003 fold 2: not finished" ...
 
@@ -34,33 +37,17 @@ class OOFSet:
 
     def kinds(self) -> list[str]:
         """Embedding kinds present, in a stable order."""
-        order = {"fused": 0, "img": 1, "txt": 2}
+        order = {kind: i for i, kind in enumerate(EMBEDDING_KINDS)}
         kinds = {key.split(":", 1)[1] for key in self.embeddings}
         return sorted(kinds, key=lambda k: (order.get(k, 9), k))
 
 
-def _finished_folds(output: Path, exp: str) -> tuple[list[int], list[str]]:
-    exp_dir = output / exp
-    if not exp_dir.is_dir():
-        raise ShopeeError(
-            f"{exp_dir}: no such experiment output (train it first: python exp/{exp}.py --fold 0)"
-        )
-    folds, skipped = [], []
-    for path in sorted(exp_dir.glob("fold*")):
-        name = path.name[4:]
-        if not path.is_dir() or not name.isdigit():
-            if path.name.endswith(".partial"):
-                skipped.append(f"{exp} {path.name[:-8]}: unfinished (a .partial run)")
-            continue
-        if is_finished(path):
-            folds.append(int(name))
-        else:
-            skipped.append(f"{exp} {path.name}: incomplete outputs")
-    return folds, skipped
+def load_oof(output: str | Path, experiments: list[str], log=print) -> OOFSet:
+    """Load every finished fold of ``experiments``; folds missing in one are skipped for all.
 
-
-def load_oof(output: str | Path, experiments: list[str]) -> OOFSet:
-    """Load every finished fold of ``experiments``; folds missing in one are skipped for all."""
+    Every fold must have been trained on the same data (same train.csv content, same folds).
+    Folds trained before data fingerprints were recorded get theirs written (``log`` says so).
+    """
     output = Path(output)
     if not experiments:
         raise ShopeeError("no experiments given")
@@ -69,7 +56,7 @@ def load_oof(output: str | Path, experiments: list[str]) -> OOFSet:
     finished: dict[str, list[int]] = {}
     skipped: list[str] = []
     for exp in experiments:
-        finished[exp], notes = _finished_folds(output, exp)
+        finished[exp], notes = finished_folds(output, exp)
         skipped += notes
         if not finished[exp]:
             raise ShopeeError(f"{output / exp}: no finished fold (train one: python exp/{exp}.py --fold 0)")
@@ -85,39 +72,37 @@ def load_oof(output: str | Path, experiments: list[str]) -> OOFSet:
 
     indexes: list[pd.DataFrame] = []
     arrays: dict[str, list[np.ndarray]] = {}
-    data_dirs: set[str] = set()
+    first: FoldRecord | None = None
     for fold in common:
         reference: pd.DataFrame | None = None
         for exp in experiments:
-            path = fold_dir(output, exp, fold)
-            index = pd.read_parquet(path / "oof_index.parquet")
-            config = json.loads((path / "config.json").read_text())
-            data_dirs.add(str(Path(config["data"]).resolve()))
+            record = FoldRecord.open(fold_dir(output, exp, fold))
+            if record.upgrade():
+                log(f"{record.path}: recorded the fingerprint of its data ({record.data.short()})")
+            if first is None:
+                first = record
+            elif record.data != first.data:
+                raise ShopeeError(
+                    f"{record.path}: trained on other data than {first.path} "
+                    f"({record.data.short()} against {first.data.short()})"
+                )
+            index = record.oof_index()
             if reference is None:
                 reference = index
                 indexes.append(index)
             elif not index["posting_id"].equals(reference["posting_id"]):
                 raise ShopeeError(
-                    f"{path}: its validation rows differ from {experiments[0]}'s fold {fold}; "
+                    f"{record.path}: its validation rows differ from {experiments[0]}'s fold {fold}; "
                     "were they trained on other data or other folds?"
                 )
-            metrics = json.loads((path / "metrics.json").read_text())
-            for kind in metrics["kinds"]:
-                array = np.load(path / f"oof_{kind}.npy").astype(np.float32, copy=False)
-                if len(array) != len(index):
-                    raise ShopeeError(
-                        f"{path / f'oof_{kind}.npy'}: {len(array)} rows for {len(index)} in the index"
-                    )
-                if not np.isfinite(array).all():
-                    raise ShopeeError(f"{path / f'oof_{kind}.npy'}: holds NaN or inf")
-                arrays.setdefault(f"{exp}:{kind}", []).append(array)
-    if len(data_dirs) > 1:
-        raise ShopeeError(f"the experiments were trained on different data: {', '.join(sorted(data_dirs))}")
+            for kind in record.kinds:
+                arrays.setdefault(f"{exp}:{kind}", []).append(record.oof(kind, rows=len(index)))
     index = pd.concat(indexes, ignore_index=True)
     if index["posting_id"].duplicated().any():
         raise ShopeeError("a posting_id appears in two folds' OOF rows: the folds overlap")
     embeddings = {key: np.concatenate(parts) for key, parts in arrays.items() if len(parts) == len(common)}
-    return OOFSet(index, embeddings, common, finished, data_dirs.pop(), skipped)
+    assert first is not None
+    return OOFSet(index, embeddings, common, finished, first.data, first.data_dir, skipped)
 
 
 def combined_embedding(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:

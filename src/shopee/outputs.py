@@ -1,25 +1,52 @@
-"""The fold output contract: ``<output>/<exp>/fold<k>/`` and how it is written.
+"""The fold output contract: ``<output>/<exp>/fold<k>/``, how it is written, and ``FoldRecord``,
+the one reader of a finished fold.
 
 A fold trains in ``fold<k>.partial/`` (its log, its per-epoch checkpoint ``last.pt`` and metrics)
 and is renamed to ``fold<k>/`` only when every output is written, so a killed run never leaves a
-directory that looks finished. ``fold<k>/`` holds ``config.json``, ``model.safetensors``,
-``oof_index.parquet``, ``oof_<kind>.npy`` (row-aligned, L2-normalized), ``metrics.json`` and
-``train.log``.
+directory that looks finished. ``fold<k>/`` holds:
+
+- ``config.json``: the experiment, fold, seed, debug flag, git commit, library versions, the data
+  it was trained on (``data``: a ``DataFingerprint`` plus the directory, for people), the number
+  of classes, and the resolved ``Config`` (``config``);
+- ``model.safetensors``: the model's weights;
+- ``oof_index.parquet`` (posting_id, label_group, fold) and ``oof_<kind>.npy`` for each
+  embedding kind, row-aligned, L2-normalized float32;
+- ``metrics.json`` (``finished``, ``kinds``, ``summary``, per-epoch ``epochs``) and ``train.log``.
+
+Everything else (OOF loading, ``predict``, the kernel bundle, summaries) reads a fold through
+``FoldRecord``.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from shopee.atomic import atomic_path
+from shopee.atomic import atomic_path, write_json
+from shopee.config import Config, embedding_kinds
+from shopee.errors import ShopeeError
+from shopee.folds import DataFingerprint, fingerprint_of_dir
 
-REQUIRED_FILES = ("config.json", "model.safetensors", "oof_index.parquet", "metrics.json", "train.log")
+if TYPE_CHECKING:
+    import torch
+
+    from shopee.models import ShopeeModel
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+INDEX_FILE = "oof_index.parquet"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "train.log"
+MODEL_FILES = (CONFIG_FILE, MODEL_FILE)  # what rebuilding the model needs
+BUNDLE_FILES = (*MODEL_FILES, METRICS_FILE)  # what a Kaggle bundle ships of a fold
+REQUIRED_FILES = (CONFIG_FILE, MODEL_FILE, INDEX_FILE, METRICS_FILE, LOG_FILE)
 
 
 def fold_dir(output: str | Path, exp: str, fold: int) -> Path:
@@ -30,21 +57,230 @@ def partial_dir(output: str | Path, exp: str, fold: int) -> Path:
     return Path(output) / exp / f"fold{fold}.partial"
 
 
+def oof_file(kind: str) -> str:
+    return f"oof_{kind}.npy"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ShopeeError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(data, dict):
+        raise ShopeeError(f"{path}: expected a JSON object")
+    return data
+
+
 def is_finished(path: Path) -> bool:
     """A fold directory with every output and ``finished`` in its metrics."""
     if not all((path / name).is_file() for name in REQUIRED_FILES):
         return False
     try:
-        metrics = json.loads((path / "metrics.json").read_text())
+        metrics = json.loads((path / METRICS_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return bool(metrics.get("finished")) and all(
-        (path / f"oof_{kind}.npy").is_file() for kind in metrics.get("kinds", [])
+        (path / oof_file(kind)).is_file() for kind in metrics.get("kinds", [])
     )
 
 
-def read_metrics(path: Path) -> dict[str, Any]:
-    return json.loads((path / "metrics.json").read_text())
+def finished_folds(output: str | Path, exp: str) -> tuple[list[int], list[str]]:
+    """The finished folds of ``exp`` and a note for each fold directory that is not finished."""
+    exp_dir = Path(output) / exp
+    if not exp_dir.is_dir():
+        raise ShopeeError(
+            f"{exp_dir}: no such experiment output (train it first: python exp/{exp}.py --fold 0)"
+        )
+    folds, notes = [], []
+    for path in sorted(exp_dir.glob("fold*")):
+        name = path.name[4:]
+        if not path.is_dir() or not name.isdigit():
+            if path.name.endswith(".partial"):
+                notes.append(f"{exp} {path.name[:-8]}: unfinished (a .partial run)")
+            continue
+        if is_finished(path):
+            folds.append(int(name))
+        else:
+            notes.append(f"{exp} {path.name}: incomplete outputs")
+    return folds, notes
+
+
+@dataclass
+class FoldRecord:
+    """A trained fold as its files describe it: config, data fingerprint, metrics, arrays, model.
+
+    ``FoldRecord.open`` needs only ``config.json``; what else a use needs is checked when asked for
+    (``require``), so a kernel bundle (config and weights only) opens like a training output.
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    config: Config
+    _data: DataFingerprint | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> FoldRecord:
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            what = "not trained" if not path.is_dir() else f"no {CONFIG_FILE}"
+            raise ShopeeError(f"{path}: {what}")
+        meta = _read_json(path / CONFIG_FILE)
+        try:
+            config = Config.from_dict(meta["config"])
+        except (KeyError, TypeError, ShopeeError) as exc:
+            raise ShopeeError(f"{path / CONFIG_FILE}: not a fold's config ({exc})") from None
+        return cls(path, meta, config)
+
+    # --- what the record says ----------------------------------------------------------------
+    @property
+    def exp(self) -> str:
+        return str(self.meta.get("exp", self.path.parent.name))
+
+    @property
+    def fold(self) -> int:
+        return int(self.meta.get("fold", self.path.name[4:]))
+
+    @property
+    def name(self) -> str:
+        """``exp003/fold0``."""
+        return f"{self.exp}/fold{self.fold}"
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.meta.get("debug", False))
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.meta["n_classes"])
+
+    @property
+    def data_dir(self) -> str:
+        """The directory the fold was trained from (for messages; the fingerprint is the identity)."""
+        data = self.meta.get("data")
+        return str(data.get("dir", "?") if isinstance(data, Mapping) else data)
+
+    @property
+    def data(self) -> DataFingerprint:
+        """The data this fold was trained on, by content.
+
+        Folds trained before fingerprints were recorded hold only a path: the fingerprint is
+        computed from that directory while it is still there (``upgrade`` writes it down).
+        """
+        if self._data is None:
+            data = self.meta.get("data")
+            if isinstance(data, Mapping) and "train_sha256" in data:
+                self._data = DataFingerprint.from_dict(dict(data))
+            else:
+                directory = Path(str(data))
+                if not (directory / "train.csv").is_file():
+                    raise ShopeeError(
+                        f"{self.path / CONFIG_FILE}: trained before data fingerprints were recorded, and "
+                        f"its data {directory} is gone; train the fold again"
+                    )
+                self._data = fingerprint_of_dir(directory, self.config.n_folds)
+        return self._data
+
+    @property
+    def is_legacy(self) -> bool:
+        data = self.meta.get("data")
+        return not (isinstance(data, Mapping) and "train_sha256" in data)
+
+    def upgrade(self) -> bool:
+        """Write the data fingerprint into a legacy record's ``config.json``; True if it did."""
+        if not self.is_legacy:
+            return False
+        fingerprint = self.data
+        self.meta = {**self.meta, "data": {"dir": self.data_dir, **fingerprint.to_dict()}}
+        write_json(self.path / CONFIG_FILE, self.meta)
+        return True
+
+    @cached_property
+    def metrics(self) -> dict[str, Any]:
+        return _read_json(self.path / METRICS_FILE)
+
+    @property
+    def finished(self) -> bool:
+        return is_finished(self.path)
+
+    @property
+    def kinds(self) -> list[str]:
+        """Embedding kinds the model produces (and, for a training output, the OOF arrays)."""
+        if (self.path / METRICS_FILE).is_file():
+            return list(self.metrics.get("kinds", embedding_kinds(self.config)))
+        return embedding_kinds(self.config)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return dict(self.metrics["summary"])
+
+    @property
+    def text_key(self) -> str:
+        """What the fold's tokenizer and text config are resolved from (``text_weights`` or name)."""
+        return self.config.text_weights or self.config.text_model
+
+    @property
+    def loader_key(self) -> tuple[Any, ...]:
+        """Folds with equal keys read identical batches (same image transform, same tokens)."""
+        cfg = self.config
+        image = (cfg.image_model, cfg.image_size) if cfg.image_model else None
+        text = (self.text_key, cfg.max_len) if cfg.text_model else None
+        return image, text
+
+    def require(self, names: tuple[str, ...] = MODEL_FILES, why: str = "") -> FoldRecord:
+        for name in names:
+            if not (self.path / name).is_file():
+                raise ShopeeError(f"{self.path}: no {name}{'; ' + why if why else ''}")
+        return self
+
+    # --- out-of-fold predictions ---------------------------------------------------------------
+    def oof_index(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / INDEX_FILE)
+
+    def oof(self, kind: str, rows: int | None = None) -> np.ndarray:
+        """``oof_<kind>.npy`` as float32, checked: ``rows`` rows (when given), all finite."""
+        path = self.path / oof_file(kind)
+        array = np.load(path).astype(np.float32, copy=False)
+        if rows is not None and len(array) != rows:
+            raise ShopeeError(f"{path}: {len(array)} rows for {rows} in the index")
+        if not np.isfinite(array).all():
+            raise ShopeeError(f"{path}: holds NaN or inf")
+        return array
+
+    # --- the model -------------------------------------------------------------------------------
+    def build_model(
+        self, device: torch.device | str = "cpu", text_dirs: Mapping[str, str | Path] | None = None
+    ) -> ShopeeModel:
+        """The trained model in eval mode, from ``config.json`` and ``model.safetensors`` alone.
+
+        No hub access: encoders are built from their configs and the weights come from the
+        checkpoint. ``text_dirs`` maps ``text_key`` to a directory holding the text model's
+        config and tokenizer files (a kernel bundles them); without an entry the text model is
+        resolved as in training.
+        """
+        import dataclasses
+
+        import safetensors.torch
+
+        from shopee.models import ShopeeModel
+
+        self.require(MODEL_FILES, "the model cannot be rebuilt")
+        cfg = self.config
+        build = dataclasses.replace(cfg, image_pretrained=False, text_pretrained=False)
+        if cfg.text_model and self.text_key in (text_dirs or {}):
+            build = dataclasses.replace(build, text_weights=str(text_dirs[self.text_key]))  # type: ignore[index]
+        model = ShopeeModel(build, self.n_classes)
+        weights = self.path / MODEL_FILE
+        state = safetensors.torch.load_file(str(weights), device="cpu")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ShopeeError(
+                f"{weights}: does not fit its config ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected tensors, first {(missing or unexpected)[0]!r})"
+            )
+        return model.to(device).eval()
+
+
+# --- writing ------------------------------------------------------------------------------------
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -57,18 +293,22 @@ def save_index(path: Path, index: pd.DataFrame) -> None:
         index.to_parquet(tmp, index=False)
 
 
-def git(where: Path, *args: str) -> str:
-    """Output of ``git ARGS`` run in ``where`` (OSError or SubprocessError when it fails)."""
-    return subprocess.run(
-        ["git", *args], cwd=where, capture_output=True, text=True, check=True, timeout=10
-    ).stdout
-
-
-def git_commit(where: Path) -> str:
-    """The commit the code ran from (``-dirty`` with uncommitted changes), or ``unknown``."""
-    try:
-        commit = git(where, "rev-parse", "HEAD").strip()
-        dirty = git(where, "status", "--porcelain", "--untracked-files=no").strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
+def write_fold(
+    work: Path,
+    *,
+    meta: Mapping[str, Any],
+    index: pd.DataFrame,
+    embeddings: Mapping[str, np.ndarray],
+    metrics: Mapping[str, Any],
+) -> None:
+    """Everything but the weights and the log into ``work`` (the fold's ``.partial`` folder):
+    ``config.json`` (``meta``), the OOF index and arrays, ``metrics.json`` with ``finished`` and
+    ``kinds`` added. ``metrics.json`` goes last: a fold is finished only once it is written."""
+    index = index[["posting_id", "label_group", "fold"]].reset_index(drop=True)
+    save_index(work / INDEX_FILE, index)
+    for kind, array in embeddings.items():
+        if len(array) != len(index):
+            raise ValueError(f"{kind}: {len(array)} embeddings for {len(index)} rows")
+        save_array(work / oof_file(kind), np.asarray(array, dtype=np.float32))
+    write_json(work / CONFIG_FILE, dict(meta))
+    write_json(work / METRICS_FILE, {**metrics, "finished": True, "kinds": list(embeddings)})

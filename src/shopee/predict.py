@@ -10,125 +10,69 @@ posting itself first.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import safetensors.torch
 import torch
 
 from shopee.atomic import write_csv
-from shopee.config import Config
+from shopee.constants import PREDICT_IMAGE_POLICIES
 from shopee.data import read_split
-from shopee.dataset import PostingDataset, make_loader
-from shopee.embed import embed_many
-from shopee.ensemble import read_ensemble
+from shopee.embed import embed_rows
+from shopee.ensemble_file import COMBINED_PREFIX, embedding_sources, ensemble_data, read_ensemble
 from shopee.errors import ShopeeError
+from shopee.folds import train_sha256
 from shopee.match import match, matches_to_strings
 from shopee.metrics import MatchScore, score_submission
-from shopee.models import ShopeeModel
 from shopee.oof import combined_embedding
-from shopee.outputs import fold_dir
-
-MODEL_FILES = ("config.json", "model.safetensors")
-
-
-def check_fold(path: Path) -> None:
-    """A fold directory a model can be rebuilt from (its OOF arrays are not needed here)."""
-    for name in MODEL_FILES:
-        if not (path / name).is_file():
-            what = "not trained" if not path.is_dir() else f"no {name}"
-            raise ShopeeError(f"{path}: {what}; the ensemble needs this fold (train it, or tune without it)")
+from shopee.outputs import FoldRecord, fold_dir
+from shopee.runtime import Runtime, default_device
 
 
-def text_key(cfg: Config) -> str:
-    """What a fold's tokenizer and text config are resolved from (``text_weights`` or the name)."""
-    return cfg.text_weights or cfg.text_model
+def ensemble_records(ensemble: dict[str, Any], output: Path) -> list[FoldRecord]:
+    """The ensemble's fold models, each checked: its weights are there and it was trained on the
+    data the ensemble was tuned on (by content: a moved data directory is fine)."""
+    tuned_on = ensemble_data(ensemble)
+    records = []
+    for exp, folds in ensemble["experiments"].items():
+        for fold in folds:
+            path = fold_dir(output, exp, fold)
+            if not path.is_dir():
+                raise ShopeeError(
+                    f"{path}: not trained; the ensemble needs this fold (train it, or tune without it)"
+                )
+            record = FoldRecord.open(path).require(why="the ensemble needs this fold's model")
+            if record.data != tuned_on:
+                raise ShopeeError(
+                    f"{path}: trained on other data ({record.data.short()}) than the ensemble was tuned on "
+                    f"({tuned_on.short()}); run optimize-ensemble again"
+                )
+            records.append(record)
+    return records
 
 
-def load_fold_model(
-    path: Path, device: torch.device, text_dirs: Mapping[str, str | Path] | None = None
-) -> tuple[ShopeeModel, Config]:
-    """A trained fold model from its ``config.json`` and ``model.safetensors`` (no hub access:
-    the encoders are built from their configs and the weights come from the checkpoint).
-
-    ``text_dirs`` maps ``text_key(cfg)`` to a directory holding the text model's config and
-    tokenizer files (a kernel bundles them); without an entry the model is resolved as in training.
-    """
-    check_fold(path)
-    meta = json.loads((path / "config.json").read_text())
-    cfg = Config.from_dict(meta["config"])
-    build = dataclasses.replace(cfg, image_pretrained=False, text_pretrained=False)
-    if cfg.text_model and text_key(cfg) in (text_dirs or {}):
-        build = dataclasses.replace(build, text_weights=str(text_dirs[text_key(cfg)]))  # type: ignore[index]
-    model = ShopeeModel(build, int(meta["n_classes"]))
-    state = safetensors.torch.load_file(str(path / "model.safetensors"), device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+def check_data_dir(ensemble: dict[str, Any], data_dir: Path) -> str:
+    """Refuse a data directory whose train.csv is not the one the models were trained on; a note
+    when it has none (nothing to compare)."""
+    tuned_on = ensemble_data(ensemble)
+    if not (Path(data_dir) / "train.csv").is_file():
+        return f"note: {data_dir} has no train.csv; the data the models were trained on is not checked"
+    train = read_split(data_dir, "train", check_images=False)
+    if train_sha256(train) != tuned_on.train_sha256:
         raise ShopeeError(
-            f"{path / 'model.safetensors'}: does not fit its config ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected tensors, first {(missing or unexpected)[0]!r})"
+            f"{Path(data_dir) / 'train.csv'}: not the train.csv the ensemble's models were trained on "
+            f"({len(train)} rows here, {tuned_on.rows} there, different posting ids or label groups)"
         )
-    return model.to(device).eval(), cfg
-
-
-def embed_rows_shared(
-    models: Sequence[ShopeeModel],
-    cfg: Config,
-    df: pd.DataFrame,
-    device: torch.device,
-    image_policy: str,
-    batch_size: int | None = None,
-    tta: str | None = None,
-) -> list[dict[str, np.ndarray]]:
-    """Embeddings of ``df`` by several models whose configs share ``loader_key``, decoding once."""
-    first = models[0]
-    image_kwargs: dict[str, Any] = {}
-    if first.image is not None:
-        image_kwargs = dict(image_size=cfg.image_size, mean=first.image.mean, std=first.image.std)
-    dataset = PostingDataset(
-        df,
-        tokenizer=first.text.tokenizer if first.text is not None else None,
-        max_len=cfg.max_len,
-        image_policy=image_policy,  # type: ignore[arg-type]
-        **image_kwargs,
-    )
-    loader = make_loader(
-        dataset,
-        batch_size or cfg.eval_batch_size,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    return embed_many(models, loader, device, cfg.amp, cfg.channels_last and device.type == "cuda", tta=tta)
-
-
-def embed_rows(
-    model: ShopeeModel,
-    cfg: Config,
-    df: pd.DataFrame,
-    device: torch.device,
-    image_policy: str,
-    batch_size: int | None = None,
-    tta: str | None = None,
-) -> dict[str, np.ndarray]:
-    return embed_rows_shared([model], cfg, df, device, image_policy, batch_size, tta)[0]
-
-
-def loader_key(cfg: Config) -> tuple[Any, ...]:
-    """Fold models with equal keys read identical batches (same image transform, same tokens)."""
-    image = (cfg.image_model, cfg.image_size) if cfg.image_model else None
-    text = (text_key(cfg), cfg.max_len) if cfg.text_model else None
-    return image, text
+    return ""
 
 
 def ensemble_embeddings(
     ensemble: dict[str, Any],
-    output: Path,
+    records: list[FoldRecord],
     df: pd.DataFrame,
     device: torch.device,
     image_policy: str,
@@ -137,43 +81,37 @@ def ensemble_embeddings(
     tta: str | None = None,
     text_dirs: Mapping[str, str | Path] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every embedding source the params use, for the rows of ``df``."""
-    needed = {m["source"] for m in ensemble["params"]["members"] if m["type"] == "embedding"}
-    combined = ensemble.get("combined_sources", {})
-    base = {s for s in needed if not s.startswith("cat:")}
-    for source in needed & set(combined):
-        base |= {part["source"] for part in combined[source]}
-    # Folds (of any experiment) that read identical batches are embedded in one pass.
-    groups: dict[tuple[Any, ...], list[tuple[str, int, Config]]] = {}
-    for exp, folds in ensemble["experiments"].items():
-        if not any(s.startswith(f"{exp}:") for s in base):
-            continue
-        for fold in folds:
-            cfg = Config.from_dict(
-                json.loads((fold_dir(output, exp, fold) / "config.json").read_text())["config"]
-            )
-            groups.setdefault(loader_key(cfg), []).append((exp, fold, cfg))
+    """Every embedding source the params use, for the rows of ``df``.
+
+    Each ``<exp>:<kind>`` is the mean of the experiment's fold models' embeddings, re-normalized;
+    fold models (of any experiment) that read identical batches embed in one pass, in the
+    precision their config asks for on ``device`` (``Runtime``).
+    """
+    needed, base = embedding_sources(ensemble)
+    groups: dict[tuple[Any, ...], list[FoldRecord]] = {}
+    for record in records:
+        if any(s.startswith(f"{record.exp}:") for s in base):
+            groups.setdefault(record.loader_key, []).append(record)
     sums: dict[str, np.ndarray] = {}
     for members in groups.values():
         started = time.perf_counter()
-        models = [
-            load_fold_model(fold_dir(output, exp, fold), device, text_dirs)[0] for exp, fold, _ in members
-        ]
-        outs = embed_rows_shared(models, members[0][2], df, device, image_policy, tta=tta)
-        for (exp, _, _), out in zip(members, outs, strict=True):
+        runtime = Runtime.for_config(members[0].config, device)
+        models = [record.build_model(device, text_dirs) for record in members]
+        outs = embed_rows(models, members[0].config, df, runtime, image_policy=image_policy, tta=tta)
+        for record, out in zip(members, outs, strict=True):
             for kind, array in out.items():
-                key = f"{exp}:{kind}"
+                key = f"{record.exp}:{kind}"
                 if key in base:
                     sums[key] = sums.get(key, 0) + array
         del models
         if timings is not None:
-            names = ", ".join(f"{exp}/fold{fold}" for exp, fold, _ in members)
-            timings[f"embed:{names}"] = round(time.perf_counter() - started, 2)
+            timings[f"embed:{', '.join(r.name for r in members)}"] = round(time.perf_counter() - started, 2)
     missing = base - set(sums)
     if missing:
         raise ShopeeError(f"the params use {', '.join(sorted(missing))}, which no trained fold produces")
     embeddings = {k: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for k, v in sums.items()}
-    for source in needed & set(combined):
+    combined = ensemble.get("combined_sources", {})
+    for source in sorted(s for s in needed if s.startswith(COMBINED_PREFIX)):
         parts = combined[source]
         embeddings[source] = combined_embedding(
             [embeddings[p["source"]] for p in parts], [p["weight"] for p in parts]
@@ -198,21 +136,6 @@ def first_groups(df: pd.DataFrame, limit: int) -> pd.DataFrame:
     return df[df["label_group"].isin(keep)].reset_index(drop=True)
 
 
-def check_ensemble_folds(ensemble: dict[str, Any], output: Path) -> None:
-    """Every fold the ensemble uses is there and was trained on the data it was tuned on."""
-    tuned_on = ensemble["data"]["dir"]
-    for exp, folds in ensemble["experiments"].items():
-        for fold in folds:
-            path = fold_dir(output, exp, fold)
-            check_fold(path)
-            trained_on = str(Path(json.loads((path / "config.json").read_text())["data"]).resolve())
-            if trained_on != tuned_on:
-                raise ShopeeError(
-                    f"{path}: trained on {trained_on}, but the ensemble was tuned on {tuned_on}; "
-                    "run optimize-ensemble again"
-                )
-
-
 def predict(
     ensemble_path: Path,
     data_dir: Path,
@@ -228,19 +151,29 @@ def predict(
 ) -> pd.DataFrame:
     """``posting_id, matches`` for every row of ``split`` (or the first ``limit`` rows, whole
     groups on train); ``output`` is the experiments' root (default: the folder above
-    ``ensembles/``); ``tta`` and ``text_dirs`` as in ``embed`` and ``load_fold_model``."""
+    ``ensembles/``); ``tta`` as in ``embed_many``, ``text_dirs`` as in ``FoldRecord.build_model``.
+    An image that will not open stops the run (``error``) or is replaced by a blank one
+    (``blank``); ``skip`` is refused, since it would leave rows out of the submission."""
+    if image_policy not in PREDICT_IMAGE_POLICIES:
+        raise ShopeeError(
+            f"image policy {image_policy!r}: predicting takes {' or '.join(PREDICT_IMAGE_POLICIES)} "
+            "(skip would leave rows out of the submission)"
+        )
     ensemble = read_ensemble(ensemble_path)
     output = output or Path(ensemble_path).resolve().parent.parent
-    check_ensemble_folds(ensemble, output)
+    records = ensemble_records(ensemble, output)
+    note = check_data_dir(ensemble, data_dir)
+    if note:
+        print(note, flush=True)
     timings = timings if timings is not None else {}
     started = time.perf_counter()
     df = read_split(data_dir, split, image_policy=image_policy, check_images=True)  # type: ignore[arg-type]
     if limit is not None:
         df = first_groups(df, limit)
     timings["read data"] = round(time.perf_counter() - started, 2)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     embeddings = ensemble_embeddings(
-        ensemble, output, df, device, image_policy, timings, tta=tta, text_dirs=text_dirs
+        ensemble, records, df, device, image_policy, timings, tta=tta, text_dirs=text_dirs
     )
     started = time.perf_counter()
     pairs = match(

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from shopee.constants import K  # noqa: E402
 from shopee.metrics import group_sizes  # noqa: E402
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def _plot_histograms(result: SearchResult, scorer: Scorer, path: Path) -> None:
 def _plot_group_sizes(result: SearchResult, labels: np.ndarray, path: Path) -> None:
     sizes = group_sizes(labels)
     f1 = result.scores.rows_all.f1
-    buckets = [(2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 51)]
+    buckets = [(2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, K)]
     names, means, counts = [], [], []
     for lo, hi in buckets:
         mask = (sizes >= lo) & (sizes <= hi)

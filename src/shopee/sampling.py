@@ -33,6 +33,15 @@ def balanced_indices(
     return out[rng.permutation(len(out))]
 
 
+def epoch_length(labels: np.ndarray, cfg: Config) -> int:
+    """How many rows ``epoch_indices`` yields per epoch (the same every epoch): the training
+    schedule is sized from it, since balanced resampling may draw more rows than there are."""
+    if cfg.balanced:
+        _, counts = np.unique(labels, return_counts=True)
+        return int(np.clip(counts, cfg.min_per_class, cfg.max_per_class).sum())
+    return len(labels)
+
+
 def epoch_indices(labels: np.ndarray, cfg: Config, epoch: int) -> np.ndarray:
     """Row indices (into ``labels``) for one epoch."""
     rng = np.random.default_rng([cfg.seed, epoch])

@@ -9,7 +9,6 @@ model init, sampling, augmentation and dropout are all seeded from (seed, epoch)
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import shutil
 import time
@@ -23,30 +22,23 @@ import safetensors.torch
 import timm
 import torch
 import transformers
-from tqdm.auto import tqdm
 
 from shopee.atomic import atomic_path, replace_dir, write_json
-from shopee.augment import build_augment
 from shopee.config import Config, check_fold, embedding_kinds, stages_of
 from shopee.data import read_split
-from shopee.dataset import PostingDataset, make_loader
-from shopee.embed import autocast, embed, to_device
+from shopee.dataset import PostingDataset, dataset_for, make_loader
+from shopee.embed import embed_many
 from shopee.errors import ShopeeError
 from shopee.evaluate import evaluate_embeddings
-from shopee.folds import load_folds
+from shopee.folds import DataFingerprint, load_folds
+from shopee.gitinfo import git_commit
 from shopee.models import ShopeeModel
 from shopee.models.heads import margin_at
 from shopee.optim import build_optimizer, freeze_batchnorm_stats, set_trainable, stage_scheduler
-from shopee.outputs import (
-    fold_dir,
-    git_commit,
-    is_finished,
-    partial_dir,
-    read_metrics,
-    save_array,
-    save_index,
-)
-from shopee.sampling import epoch_indices
+from shopee.outputs import MODEL_FILE, FoldRecord, fold_dir, is_finished, partial_dir, write_fold
+from shopee.progress import Progress
+from shopee.runtime import Runtime
+from shopee.sampling import epoch_indices, epoch_length
 
 
 @dataclass
@@ -55,6 +47,8 @@ class FoldData:
     valid: pd.DataFrame
     train_labels: np.ndarray  # class index 0..n_classes-1 per training row
     n_classes: int
+    fingerprint: DataFingerprint  # of the whole train split and its folds
+    skipped: int = 0  # training rows left out for unusable images (image_policy "skip")
 
 
 def effective_config(cfg: Config, debug: bool) -> Config:
@@ -65,46 +59,48 @@ def effective_config(cfg: Config, debug: bool) -> Config:
 
 
 def load_fold_data(cfg: Config, data_dir: Path, fold: int, debug: bool) -> FoldData:
+    """The fold's training and validation rows. Folds are made from every row of train.csv, so
+    all experiments share them; with ``image_policy="skip"`` rows whose image is unusable are then
+    left out of training only (validation rows keep a blank image, so that every experiment scores
+    the same rows)."""
     needs_images = bool(cfg.image_model)
-    train = read_split(data_dir, "train", image_policy=cfg.image_policy, check_images=needs_images)  # type: ignore[arg-type]
+    policy = "blank" if cfg.image_policy == "skip" else cfg.image_policy
+    train = read_split(data_dir, "train", image_policy=policy, check_images=needs_images)  # type: ignore[arg-type]
     if needs_images and (train["image_path"] == "").all():
         raise ShopeeError(
             f"{data_dir / 'train_images'}: not found, and image_model={cfg.image_model!r} needs it"
         )
     check_fold(fold, cfg.n_folds)
     folds = load_folds(data_dir, train, cfg.n_folds)
+    fingerprint = DataFingerprint.of(train, folds, cfg.n_folds)
     valid = train.loc[folds == fold].reset_index(drop=True)
     valid["fold"] = fold
     if debug and cfg.debug_val_rows:
         valid = valid.iloc[: cfg.debug_val_rows].reset_index(drop=True)
-    trn = train.loc[folds != fold].reset_index(drop=True)
+    in_training = folds != fold
+    skipped = 0
+    if cfg.image_policy == "skip" and needs_images:
+        usable = train["image_ok"].to_numpy(dtype=bool)
+        skipped = int((in_training & ~usable).sum())
+        in_training &= usable
+    trn = train.loc[in_training].reset_index(drop=True)
     codes, uniques = pd.factorize(trn["label_group"])
-    return FoldData(trn, valid, codes.astype(np.int64), len(uniques))
-
-
-def make_datasets(cfg: Config, model: ShopeeModel, data: FoldData) -> tuple[PostingDataset, PostingDataset]:
-    image_kwargs: dict[str, Any] = {}
-    if model.image is not None:
-        image_kwargs = dict(image_size=cfg.image_size, mean=model.image.mean, std=model.image.std)
-    tokenizer = model.text.tokenizer if model.text is not None else None
-    common = dict(tokenizer=tokenizer, max_len=cfg.max_len, image_policy=cfg.image_policy, **image_kwargs)
-    transform = build_augment(cfg.augment) if model.image is not None else None
-    train_ds = PostingDataset(data.train, labels=data.train_labels, transform=transform, **common)
-    valid_ds = PostingDataset(data.valid, **common)
-    return train_ds, valid_ds
+    return FoldData(trn, valid, codes.astype(np.int64), len(uniques), fingerprint, skipped)
 
 
 class Logger:
-    """Prints a line and appends it to ``train.log``."""
+    """Prints a line and appends it to ``train.log`` (``file`` appends without printing)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __call__(self, message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        print(line, flush=True)
+    def file(self, message: str) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def __call__(self, message: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+        self.file(message)
 
 
 def _versions() -> dict[str, str]:
@@ -127,10 +123,10 @@ def train_fold(
     started = time.perf_counter()
     final = fold_dir(output, exp, fold)
     if is_finished(final) and not overwrite:
-        debug_result = json.loads((final / "config.json").read_text()).get("debug", False)
-        if not (debug_result and not debug):  # a real run replaces a smoke run's outputs
+        record = FoldRecord.open(final)
+        if not (record.debug and not debug):  # a real run replaces a smoke run's outputs
             print(f"{final}: already finished (pass --overwrite to train it again)", flush=True)
-            return read_metrics(final)["summary"]
+            return record.summary
     cfg = effective_config(cfg.validate(), debug)
     data = load_fold_data(cfg, data_dir, fold, debug)
     work = partial_dir(output, exp, fold)
@@ -147,21 +143,26 @@ def train_fold(
     work.mkdir(parents=True, exist_ok=True)
     log = Logger(work / "train.log")
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    on_cuda = device.type == "cuda"
-    channels_last = cfg.channels_last and on_cuda
+    runtime = Runtime.for_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = ShopeeModel(cfg, data.n_classes)
+    model = runtime.prepare(ShopeeModel(cfg, data.n_classes))
     class_sizes = torch.as_tensor(np.bincount(data.train_labels), dtype=torch.float32)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=on_cuda and cfg.amp and not torch.cuda.is_bf16_supported())
-    stepper = Stepper(model, optimizer, scaler, cfg, device, channels_last)
-    train_ds, valid_ds = make_datasets(cfg, model, data)
-    valid_loader = make_loader(valid_ds, cfg.eval_batch_size, num_workers=cfg.num_workers, pin_memory=on_cuda)
+    scaler = runtime.grad_scaler()
+    stepper = Stepper(model, optimizer, scaler, cfg, runtime)
+    train_ds = dataset_for(cfg, model, data.train, labels=data.train_labels, augment=True)
+    valid_loader = make_loader(
+        dataset_for(cfg, model, data.valid),
+        cfg.eval_batch_size,
+        num_workers=cfg.num_workers,
+        pin_memory=runtime.pin_memory,
+    )
     valid_labels = data.valid["label_group"].to_numpy()
+
+    def embed_valid() -> dict[str, np.ndarray]:
+        (out,) = embed_many([model], valid_loader, runtime, desc="validation", log=log, log_with_bar=log.file)
+        return out
+
     kinds = embedding_kinds(cfg)
 
     stages = stages_of(cfg)
@@ -182,9 +183,11 @@ def train_fold(
         text_source = model.text.source if model.text else "-"
         log(
             f"{exp} fold {fold}: {len(data.train)} train rows ({data.n_classes} groups), "
-            f"{len(data.valid)} validation rows; device {device}; image weights: {image_source}; "
+            f"{len(data.valid)} validation rows; {runtime.describe()}; image weights: {image_source}; "
             f"text: {text_source}"
         )
+        if data.skipped:
+            log(f"image_policy skip: {data.skipped} training rows with unusable images left out")
     embeddings: dict[str, np.ndarray] = {}
 
     epoch = 0
@@ -194,7 +197,7 @@ def train_fold(
         if epoch <= start_epoch:
             continue  # finished before the resume point
         trained = set_trainable(model, stage)
-        steps_per_epoch = _steps_per_epoch(len(data.train), cfg, debug)
+        steps_per_epoch = _steps_per_epoch(epoch_length(data.train_labels, cfg), cfg, debug)
         scheduler = stage_scheduler(optimizer, stage, steps_per_epoch * stage.epochs, cfg.warmup)
         if checkpoint is not None and checkpoint["epoch"] > stage_start:
             scheduler.load_state_dict(checkpoint["scheduler"])
@@ -207,9 +210,9 @@ def train_fold(
             margin = margin_at(e, cfg.margin, cfg.margin_start, cfg.margin_ramp_epochs)
             model.set_margin(margin)
             if cfg.adaptive_margin:
-                model.set_class_margins(class_sizes.to(device), margin / cfg.margin)
-            loss = _train_epoch(stepper, train_ds, data.train_labels, e, scheduler, debug)
-            embeddings = embed(model, valid_loader, device, cfg.amp, channels_last, desc="validation")
+                model.set_class_margins(class_sizes.to(runtime.device), margin / cfg.margin)
+            loss = _train_epoch(stepper, train_ds, data.train_labels, e, scheduler, debug, log)
+            embeddings = embed_valid()
             scores = {k: evaluate_embeddings(embeddings[k], valid_labels, cfg.eval_k) for k in kinds}
             entry = {
                 "epoch": e + 1,
@@ -234,20 +237,40 @@ def train_fold(
                 work / "metrics.json", {"exp": exp, "fold": fold, "finished": False, "epochs": history}
             )
     if not embeddings:  # resumed after the last epoch: embed once more from the checkpoint
-        embeddings = embed(model, valid_loader, device, cfg.amp, channels_last, desc="validation")
+        embeddings = embed_valid()
 
     # this run's time (after a resume: since the resume)
     summary = _summary(exp, fold, history[-1]["scores"], time.perf_counter() - started)
-    best_kind = summary["kind"]
-    _write_outputs(work, model, cfg, exp, fold, data, embeddings, history, summary, debug, code_dir, data_dir)
+    with atomic_path(work / MODEL_FILE) as tmp:
+        safetensors.torch.save_model(model, str(tmp))
+    meta = {
+        "exp": exp,
+        "fold": fold,
+        "seed": cfg.seed,
+        "debug": debug,
+        "git_commit": git_commit(code_dir or Path.cwd()),
+        "data": {"dir": str(Path(data_dir).resolve()), **data.fingerprint.to_dict()},
+        "n_classes": data.n_classes,
+        "n_train": len(data.train),
+        "n_valid": len(data.valid),
+        "image_weights": model.image.weights_source if model.image else None,
+        "text_source": model.text.source if model.text else None,
+        "versions": _versions(),
+        "config": cfg.to_dict(),
+    }
+    write_fold(
+        work,
+        meta=meta,
+        index=data.valid,
+        embeddings=embeddings,
+        metrics={"exp": exp, "fold": fold, "summary": summary, "epochs": history},
+    )
     checkpoint_path.unlink(missing_ok=True)
     replace_dir(work, final)
-    log_line = (
-        f"{exp} fold {fold} done: CV F1 {summary['cv_f1']:.4f} ({best_kind} at {summary['threshold']:.2f})"
-    )
+    best = f"{summary['kind']} at {summary['threshold']:.2f}"
+    log_line = f"{exp} fold {fold} done: CV F1 {summary['cv_f1']:.4f} ({best})"
     print(log_line, flush=True)
-    with open(final / "train.log", "a", encoding="utf-8") as f:
-        f.write(log_line + "\n")
+    Logger(final / "train.log").file(log_line)
     return summary
 
 
@@ -278,12 +301,13 @@ def zero_shot(
     data = load_fold_data(cfg, data_dir, 0 if fold is None else fold, debug)
     if fold is None:
         data = dataclasses.replace(data, valid=pd.concat([data.valid, data.train], ignore_index=True))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runtime = Runtime.for_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = ShopeeModel(cfg, max(data.n_classes, 1)).to(device)
-    _, valid_ds = make_datasets(cfg, model, data)
-    loader = make_loader(valid_ds, cfg.eval_batch_size, num_workers=cfg.num_workers)
-    embeddings = embed(model, loader, device, cfg.amp, desc="zero-shot")
+    model = runtime.prepare(ShopeeModel(cfg, max(data.n_classes, 1)))
+    loader = make_loader(
+        dataset_for(cfg, model, data.valid), cfg.eval_batch_size, num_workers=cfg.num_workers
+    )
+    embeddings = embed_many([model], loader, runtime, desc="zero-shot")[0]
     labels = data.valid["label_group"].to_numpy()
     scores = {k: evaluate_embeddings(v, labels, cfg.eval_k) for k, v in embeddings.items()}
     for kind, s in scores.items():
@@ -295,8 +319,12 @@ def zero_shot(
 
 
 def _steps_per_epoch(n_rows: int, cfg: Config, debug: bool) -> int:
-    n = cfg.debug_batches if debug else max(1, n_rows // cfg.batch_size)
-    return max(1, math.ceil(n / cfg.accum_steps))
+    """Optimizer updates in an epoch of ``n_rows`` rows (``epoch_length``), as ``_train_epoch``
+    makes them: full batches only, an update every ``accum_steps`` batches and after the last."""
+    if debug:
+        n_rows = min(n_rows, cfg.debug_batches * cfg.batch_size)
+    batches = max(1, n_rows // cfg.batch_size)
+    return math.ceil(batches / cfg.accum_steps)
 
 
 @dataclass
@@ -307,12 +335,11 @@ class Stepper:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     cfg: Config
-    device: torch.device
-    channels_last: bool
+    runtime: Runtime
 
     def __call__(self, batch: dict[str, torch.Tensor], update: bool, where: str = "") -> float:
-        batch = to_device(batch, self.device, self.channels_last)
-        with autocast(self.device, self.cfg.amp):
+        batch = self.runtime.to_device(batch)
+        with self.runtime.autocast():
             loss = self.model(batch)["loss"]
         if not torch.isfinite(loss):
             raise ShopeeError(f"loss is {loss.item()} {where}: lower the learning rates")
@@ -335,6 +362,7 @@ def _train_epoch(
     epoch: int,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     debug: bool,
+    log: Logger,
 ) -> float:
     cfg, model = stepper.cfg, stepper.model
     torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and anything else drawing from torch
@@ -348,20 +376,20 @@ def _train_epoch(
         num_workers=cfg.num_workers,
         seed=cfg.seed * 1000 + epoch,
         drop_last=True,
-        pin_memory=stepper.device.type == "cuda",
+        pin_memory=stepper.runtime.pin_memory,
     )
     model.train()
     freeze_batchnorm_stats(model)
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=None, mininterval=2.0)
+    progress = Progress(loader, f"epoch {epoch + 1}", unit="batches", log=log, log_with_bar=log.file)
     stepper.optimizer.zero_grad(set_to_none=True)
-    for step, batch in enumerate(bar):
+    for step, batch in enumerate(progress):
         update = (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader)
         total += stepper(batch, update, where=f"at epoch {epoch + 1} step {step + 1}")
         if update:
             scheduler.step()
         count += 1
-        bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
+        progress.set_postfix(f"loss {total / count:.4f}")
     return total / max(count, 1)
 
 
@@ -378,55 +406,3 @@ def _save_checkpoint(path, model, optimizer, scheduler, scaler, epoch, history, 
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
-def _write_outputs(
-    work: Path,
-    model: ShopeeModel,
-    cfg: Config,
-    exp: str,
-    fold: int,
-    data: FoldData,
-    embeddings: dict[str, np.ndarray],
-    history: list[dict[str, Any]],
-    summary: dict[str, Any],
-    debug: bool,
-    code_dir: Path | None,
-    data_dir: Path,
-) -> None:
-    with atomic_path(work / "model.safetensors") as tmp:
-        safetensors.torch.save_model(model, str(tmp))
-    index = data.valid[["posting_id", "label_group", "fold"]].reset_index(drop=True)
-    save_index(work / "oof_index.parquet", index)
-    for kind, array in embeddings.items():
-        assert len(array) == len(index)
-        save_array(work / f"oof_{kind}.npy", array.astype(np.float32))
-    write_json(
-        work / "config.json",
-        {
-            "exp": exp,
-            "fold": fold,
-            "seed": cfg.seed,
-            "debug": debug,
-            "git_commit": git_commit(code_dir or Path.cwd()),
-            "data": str(Path(data_dir).resolve()),
-            "n_classes": data.n_classes,
-            "n_train": len(data.train),
-            "n_valid": len(data.valid),
-            "image_weights": model.image.weights_source if model.image else None,
-            "text_source": model.text.source if model.text else None,
-            "versions": _versions(),
-            "config": cfg.to_dict(),
-        },
-    )
-    write_json(
-        work / "metrics.json",
-        {
-            "exp": exp,
-            "fold": fold,
-            "finished": True,
-            "kinds": list(embeddings),
-            "summary": summary,
-            "epochs": history,
-        },
-    )

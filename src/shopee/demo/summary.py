@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from shopee.ensemble import read_ensemble
+from shopee.ensemble_file import read_ensemble
 from shopee.metrics import score_files
-from shopee.outputs import fold_dir, is_finished, read_metrics
+from shopee.outputs import FoldRecord, fold_dir
 
 
 def demo_summary(ensemble_path: Path, submission: Path, labels: Path, kernel: Path) -> dict:
@@ -20,9 +20,9 @@ def demo_summary(ensemble_path: Path, submission: Path, labels: Path, kernel: Pa
     rows = []
     for exp, folds in ensemble["experiments"].items():
         for fold in folds:
-            path = fold_dir(output, exp, fold)
-            if is_finished(path):
-                s = read_metrics(path)["summary"]
+            record = FoldRecord.open(fold_dir(output, exp, fold))
+            if record.finished:
+                s = record.summary
                 rows.append(
                     {"step": f"{exp} fold {fold} ({s['kind']})", "F1": s["cv_f1"], "on": "its fold (CV)"}
                 )

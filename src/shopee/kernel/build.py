@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -21,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
-import torch
 
 import shopee
 from shopee.atomic import atomic_dir, replace_dir, write_json, write_text
-from shopee.ensemble import read_ensemble
+from shopee.constants import PREDICT_IMAGE_POLICIES
+from shopee.ensemble_file import read_ensemble
 from shopee.errors import ShopeeError
+from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
 from shopee.kernel.bundle import MANIFEST, open_bundle, write_bundle
 from shopee.kernel.notebook import make_notebook
-from shopee.outputs import git
-from shopee.predict import check_ensemble_folds, load_fold_model
+from shopee.outputs import FoldRecord
+from shopee.predict import ensemble_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,16 +43,6 @@ class Kernel:
     @property
     def notebook(self) -> Path:
         return self.notebook_dir / f"{self.manifest['slug']}.ipynb"
-
-
-def source_state(package_dir: Path) -> tuple[str, list[str]]:
-    """(HEAD commit or ``unknown``, changed or untracked files under ``package_dir``)."""
-    try:
-        commit = git(package_dir, "rev-parse", "HEAD").strip()
-        status = git(package_dir, "status", "--porcelain", "--", ".")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", []
-    return commit, [line[3:] for line in status.splitlines() if line.strip()]
 
 
 def _check_target(path: Path, slug: str, ensemble: str, marker: str, overwrite: bool) -> None:
@@ -74,7 +64,7 @@ def _verify_models(dataset_dir: Path) -> None:
     """Rebuild every bundled fold model the way the notebook will (bundled text files only)."""
     bundle = open_bundle(dataset_dir, checksums=False)
     for fold in bundle.manifest["folds"]:
-        load_fold_model(bundle.models / fold, torch.device("cpu"), bundle.text_dirs)
+        FoldRecord.open(bundle.models / fold).build_model("cpu", bundle.text_dirs)
 
 
 @contextlib.contextmanager
@@ -111,6 +101,11 @@ def build_kernel(
     overwrite: bool = False,
 ) -> Kernel:
     """Write ``out/SLUG/`` (notebook + kernel-metadata.json) and ``out/SLUG-dataset/``."""
+    if image_policy not in PREDICT_IMAGE_POLICIES:
+        raise ShopeeError(
+            f"--image-policy {image_policy}: a submission takes {' or '.join(PREDICT_IMAGE_POLICIES)} "
+            "(skip would leave rows out of it)"
+        )
     meta.check_slug(slug)
     title = meta.kernel_title(slug, title)
     user = meta.kaggle_user(user)
@@ -119,7 +114,7 @@ def build_kernel(
     ensemble_path = Path(ensemble_path)
     ensemble = read_ensemble(ensemble_path)
     output = Path(output) if output else ensemble_path.resolve().parent.parent
-    check_ensemble_folds(ensemble, output)
+    records = ensemble_records(ensemble, output)
 
     notebook_dir, dataset_dir = Path(out) / slug, Path(out) / (slug + meta.DATASET_SUFFIX)
     _check_target(notebook_dir, slug, ensemble["name"], f"{slug}.ipynb", overwrite)
@@ -158,8 +153,7 @@ def build_kernel(
         manifest = write_bundle(
             new_dataset,
             ensemble_path,
-            ensemble,
-            output,
+            records,
             info=info,
             wheels=wheels,
             dataset_metadata=dataset_meta,

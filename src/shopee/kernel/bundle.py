@@ -5,8 +5,8 @@ Layout (``kernels/SLUG-dataset/``)::
     dataset-metadata.json
     shopee-bundle.json       manifest: what was built from what, every file with size and sha256
     ensemble.json            the tuned ensemble (matching params and the folds it uses)
-    shopee/                  the package source the notebook imports
-    models/<exp>/fold<k>/    config.json, model.safetensors, metrics.json
+    shopee/                  the package source the notebook imports (without bench/ and demo/)
+    models/<exp>/fold<k>/    config.json, model.safetensors, metrics.json (as training wrote them)
     pretrained/<name>/       config and tokenizer files of each text model (no weights: those
                              travel in the fold checkpoints)
     wheels/                  optional wheels the notebook installs with pip --no-index
@@ -27,16 +27,15 @@ from typing import Any
 
 import shopee
 from shopee.atomic import write_json
-from shopee.config import Config
 from shopee.errors import ShopeeError
-from shopee.outputs import fold_dir
-from shopee.predict import MODEL_FILES, text_key
+from shopee.outputs import BUNDLE_FILES, FoldRecord, fold_dir
 
 MANIFEST = "shopee-bundle.json"
 FORMAT = 1
 ENSEMBLE_FILE = "ensemble.json"
 MODELS_DIR = "models"
-FOLD_FILES = (*MODEL_FILES, "metrics.json")
+# Parts of the package a submission never runs: benchmarks and the demo data generator.
+NOT_BUNDLED = ("bench", "demo")
 
 
 def sha256(path: Path) -> str:
@@ -53,35 +52,36 @@ def _safe_name(key: str) -> str:
 
 def _copy_package(dest: Path) -> None:
     source = Path(shopee.__file__).resolve().parent
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        top = Path(folder).resolve() == source
+        return set(skip(folder, names)) | ({n for n in names if n in NOT_BUNDLED} if top else set())
+
+    shutil.copytree(source, dest, ignore=ignore)
 
 
-def _copy_folds(ensemble: dict[str, Any], output: Path, dest: Path) -> dict[str, Config]:
-    """Fold files into ``dest/models``; the configs by fold directory name."""
-    configs = {}
-    for exp, folds in ensemble["experiments"].items():
-        for fold in folds:
-            source = fold_dir(output, exp, fold)
-            target = fold_dir(dest / MODELS_DIR, exp, fold)
-            target.mkdir(parents=True)
-            for name in FOLD_FILES:
-                if (source / name).is_file() and name != "config.json":
-                    shutil.copy2(source / name, target / name)
-            meta = json.loads((source / "config.json").read_text())
-            # The data path was checked against the ensemble's here; a relative one would not
-            # resolve to the same place from the notebook's working directory.
-            write_json(target / "config.json", {**meta, "data": ensemble["data"]["dir"]})
-            configs[f"{exp}/fold{fold}"] = Config.from_dict(meta["config"])
-    return configs
+def _copy_folds(records: Iterable[FoldRecord], dest: Path) -> list[FoldRecord]:
+    """Each fold's files into ``dest/models``, unchanged; the records of the copies."""
+    copies = []
+    for record in records:
+        target = fold_dir(dest / MODELS_DIR, record.exp, record.fold)
+        target.mkdir(parents=True)
+        for name in BUNDLE_FILES:
+            if (record.path / name).is_file():
+                shutil.copy2(record.path / name, target / name)
+        copies.append(FoldRecord.open(target))
+    return copies
 
 
-def _copy_text_models(configs: Iterable[Config], dest: Path) -> dict[str, str]:
-    """Config and tokenizer files of every text model, keyed as ``load_fold_model`` looks them up."""
+def _copy_text_models(records: Iterable[FoldRecord], dest: Path) -> dict[str, str]:
+    """Config and tokenizer files of every text model, keyed as ``FoldRecord.build_model`` looks
+    them up (``text_key``)."""
     from shopee.pretrained import resolve_text_model, text_files_for_bundle
 
     text_dirs: dict[str, str] = {}
-    for cfg in configs:
-        key = text_key(cfg)
+    for record in records:
+        cfg, key = record.config, record.text_key
         if not cfg.text_model or key in text_dirs:
             continue
         files = text_files_for_bundle(resolve_text_model(cfg.text_model, cfg.text_weights))
@@ -119,8 +119,7 @@ def file_list(root: Path) -> list[dict[str, Any]]:
 def write_bundle(
     dest: Path,
     ensemble_path: Path,
-    ensemble: dict[str, Any],
-    output: Path,
+    records: Iterable[FoldRecord],
     *,
     info: Mapping[str, Any],
     wheels: Iterable[Path] = (),
@@ -128,22 +127,21 @@ def write_bundle(
 ) -> dict[str, Any]:
     """Fill the empty directory ``dest``; returns the manifest (also written as ``MANIFEST``).
 
-    ``ensemble`` is the content of ``ensemble_path``, its folds already checked against ``output``
-    (``check_ensemble_folds``). ``info`` (slug, ensemble name, git commit, settings...) goes into
-    the manifest as it is.
+    ``records`` are the ensemble's folds, already checked (``predict.ensemble_records``). ``info``
+    (slug, ensemble name, git commit, settings...) goes into the manifest as it is.
     """
     write_json(dest / "dataset-metadata.json", dict(dataset_metadata))
     shutil.copy2(ensemble_path, dest / ENSEMBLE_FILE)
     _copy_package(dest / "shopee")
-    configs = _copy_folds(ensemble, output, dest)
-    text_dirs = _copy_text_models(configs.values(), dest)
+    copies = _copy_folds(records, dest)
+    text_dirs = _copy_text_models(copies, dest)
     _copy_wheels(wheels, dest)
     manifest = {
         "format": FORMAT,
         **info,
         "ensemble_file": ENSEMBLE_FILE,
         "models_dir": MODELS_DIR,
-        "folds": sorted(configs),
+        "folds": sorted(record.name for record in copies),
         "text_dirs": text_dirs,
         "files": file_list(dest),
     }

@@ -16,8 +16,8 @@ from pathlib import Path
 import nbformat
 
 from shopee.atomic import write_text
+from shopee.constants import COMPETITION
 from shopee.errors import ShopeeError
-from shopee.kernel.metadata import COMPETITION
 
 RUN_MARKER = ".shopee-kernel-run"
 

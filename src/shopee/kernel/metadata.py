@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from shopee.constants import COMPETITION
 from shopee.errors import ShopeeError
 
-COMPETITION = "shopee-product-matching"
 DATASET_SUFFIX = "-dataset"
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")

@@ -12,7 +12,7 @@ Candidates are kept as sparse *pair lists* (``Pairs``), never a dense n x n matr
 """
 
 from shopee.match.knn import BACKENDS, knn_pairs, normalize_rows, resolve_backend
-from shopee.match.pairs import MAX_OTHERS, Pairs, concat_pairs, neighbour_matrix, top_k_pairs, union_pairs
+from shopee.match.pairs import Pairs, concat_pairs, neighbour_matrix, top_k_pairs, union_pairs
 from shopee.match.phash import hamming_pairs, parse_phashes, phash_exact_pairs, phash_pairs, phash_to_uint64
 from shopee.match.rules import (
     MEMBER_TYPES,
@@ -31,7 +31,6 @@ __all__ = [
     "ANALYZERS",
     "BACKENDS",
     "DIMENSIONS",
-    "MAX_OTHERS",
     "MEMBER_TYPES",
     "PARAMS_VERSION",
     "Pairs",

@@ -17,8 +17,9 @@ import importlib
 import numpy as np
 import torch
 
+from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
-from shopee.match.pairs import MAX_OTHERS, Pairs
+from shopee.match.pairs import Pairs
 
 BACKENDS = ("torch", "faiss", "cuml", "auto")
 DEFAULT_CHUNK_BYTES = 512 * 2**20

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_OTHERS = 50  # Shopee groups have at most 51 postings: a row has at most 50 others
+from shopee.constants import MAX_OTHERS
 
 
 @dataclass(frozen=True)

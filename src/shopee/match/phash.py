@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
-from shopee.match.pairs import MAX_OTHERS, Pairs, top_k_pairs
+from shopee.match.pairs import Pairs, top_k_pairs
 
 DEFAULT_CHUNK_BYTES = 128 * 2**20
 

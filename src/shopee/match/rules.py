@@ -52,16 +52,16 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
+from shopee.constants import K as K_MAX
 from shopee.errors import ShopeeError
 from shopee.match.knn import knn_pairs, normalize_rows
-from shopee.match.pairs import MAX_OTHERS, Pairs, top_k_pairs, union_pairs
+from shopee.match.pairs import Pairs, top_k_pairs, union_pairs
 from shopee.match.phash import phash_pairs
 from shopee.match.text import ANALYZERS, tfidf_pairs
 from shopee.match.units import unit_conflict_mask
 
 PARAMS_VERSION = 1
 MEMBER_TYPES = ("embedding", "tfidf", "phash")
-K_MAX = MAX_OTHERS + 1
 TFIDF_MIN_SIM = 0.2
 MAX_NGRAM = 10
 # Embedding neighbours are remembered across calls, keyed by the content of the (normalized,
@@ -297,7 +297,8 @@ def member_candidates(
 ) -> Pairs:
     """Candidates of one member before its final threshold, ``k - 1`` at most per row (``k``
     counts the row itself, as params' ``k``); see the module doc. ``timings`` (if given) gets
-    seconds under ``blend:<name>:<stage>``, ``knn:<name>``, ``tfidf:<name>`` or ``phash:<name>``."""
+    seconds under ``knn:<name>:blend<stage>`` (a blending stage's search) and ``blend:<name>:<stage>``
+    (its weighted sums), ``knn:<name>``, ``tfidf:<name>`` or ``phash:<name>``."""
     m = _validate_member(
         member, f"member {member.get('name', '?')!r}" if isinstance(member, Mapping) else "member"
     )
@@ -307,8 +308,9 @@ def member_candidates(
     if m["type"] == "embedding":
         x = normalize_rows(_embedding(m, n, embeddings), what=f"member {name!r}: embeddings {m['source']!r}")
         for stage, threshold in enumerate(m["blend"], start=1):
-            with _timed(timings, f"blend:{name}:{stage}"):
+            with _timed(timings, f"knn:{name}:blend{stage}"):
                 neighbours = _knn(x, others, backend, device).above(threshold)
+            with _timed(timings, f"blend:{name}:{stage}"):
                 x = blend_embeddings(x, neighbours)
         with _timed(timings, f"knn:{name}"):
             return _knn(x, others, backend, device)
@@ -394,13 +396,15 @@ def match(
     backend: str = "torch",
     device: str = "cpu",
     timings: dict[str, float] | None = None,
+    candidates: dict[str, Pairs] | None = None,
 ) -> Pairs:
     """Predicted matches of ``n`` postings under ``params`` (self pairs implicit, not stored).
 
     Inputs are checked before any work: each embedding member's ``source`` must be a key of
     ``embeddings`` with ``n`` rows; titles (tfidf members, unit filter) and phashes (phash
     members) must be given with ``n`` values. ``timings`` (if given) gets seconds per stage (see
-    ``member_candidates``) and ``combine``.
+    ``member_candidates``) and ``combine``; ``candidates`` (if given) each member's candidates,
+    by member name (for inspection and benchmarks).
     """
     params = validate_params(params)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
@@ -417,7 +421,7 @@ def match(
             raise ShopeeError("matching params: unit_filter: needs titles; none given")
         if len(titles) != n:
             raise ShopeeError(f"unit filter: {len(titles)} titles for {n} rows")
-    candidates = {
+    found = {
         m["name"]: member_candidates(
             m,
             n,
@@ -431,8 +435,10 @@ def match(
         )
         for m in params["members"]
     }
+    if candidates is not None:
+        candidates.update(found)
     with _timed(timings, "combine"):
-        return combine(params, candidates, n, titles=titles)
+        return combine(params, found, n, titles=titles)
 
 
 def matches_to_strings(pairs: Pairs, posting_ids: Sequence[str] | np.ndarray) -> list[str]:

@@ -22,8 +22,9 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
+from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
-from shopee.match.pairs import MAX_OTHERS, Pairs, top_k_pairs
+from shopee.match.pairs import Pairs, top_k_pairs
 
 ANALYZERS = ("word", "char_wb", "both")
 DEFAULT_NGRAMS = {"word": (1, 1), "char_wb": (3, 5), "both": (3, 5)}

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEAD_KINDS = ("arcface", "cosface", "subcenter_arcface", "curricularface", "adacos")
+from shopee.constants import HEADS
 
 # sqrt(1 - cos^2) has an infinite derivative at |cos| = 1; clamping keeps gradients finite there
 # (exact |cos| = 1 falls below the clamp and so gets zero gradient instead of NaN).
@@ -287,9 +287,9 @@ _HEADS: dict[str, type[MarginHead]] = {
 def build_head(
     kind: str, embed_dim: int, n_classes: int, scale: float, margin: float, subcenters: int = 3
 ) -> MarginHead:
-    """The head named by ``kind`` (one of ``HEAD_KINDS``); ``subcenters`` only for sub-center."""
+    """The head named by ``kind`` (one of ``HEADS``); ``subcenters`` only for sub-center."""
     if kind not in _HEADS:
-        raise ValueError(f"unknown head kind {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+        raise ValueError(f"unknown head kind {kind!r}; choose one of {', '.join(HEADS)}")
     if kind == "subcenter_arcface":
         return SubCenterArcFace(embed_dim, n_classes, scale, margin, subcenters=subcenters)
     return _HEADS[kind](embed_dim, n_classes, scale, margin)

@@ -77,7 +77,7 @@ class ShopeeModel(nn.Module):
         txt_dim = self.text.out_dim if self.text else 0
 
         def member(kind: str, in_dim: int) -> None:
-            neck, width = build_neck(cfg.neck, in_dim, cfg.embed_dim, cfg.dropout)
+            neck, width = build_neck(cfg.neck, in_dim, cfg.projection_dim, cfg.dropout)
             self.necks[kind] = neck
             self.heads[kind] = build_head(cfg.head, width, n_classes, cfg.scale, cfg.margin, cfg.subcenters)
 
@@ -91,9 +91,9 @@ class ShopeeModel(nn.Module):
             )
             member("fused", cfg.early_dim)
         elif cfg.shared_projection:
-            self.projections["img"] = nn.Linear(img_dim, cfg.embed_dim)
-            self.projections["txt"] = nn.Linear(txt_dim, cfg.embed_dim)
-            member("shared", cfg.embed_dim)
+            self.projections["img"] = nn.Linear(img_dim, cfg.projection_dim)
+            self.projections["txt"] = nn.Linear(txt_dim, cfg.projection_dim)
+            member("shared", cfg.projection_dim)
         else:  # multi
             member("img", img_dim)
             member("txt", txt_dim)

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from shopee.config import Config
-from shopee.dataset import make_loader
-from shopee.embed import autocast, to_device
+from shopee.dataset import dataset_for, make_loader
 from shopee.models import ShopeeModel
 from shopee.optim import build_optimizer
-from shopee.train import Stepper, load_fold_data, make_datasets
+from shopee.runtime import Runtime
+from shopee.train import Stepper, load_fold_data
 
 
 def _repeat(batch: dict[str, torch.Tensor], n: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -42,19 +42,16 @@ def _timed(batches: Iterable[dict[str, torch.Tensor]], step, warmup: int) -> flo
 def bench_train(cfg: Config, data_dir: Path, batches: int = 10, warmup: int = 2) -> dict[str, float]:
     cfg = cfg.validate()
     data = load_fold_data(cfg, data_dir, 0, debug=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    channels_last = cfg.channels_last and device.type == "cuda"
+    runtime = Runtime.for_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = ShopeeModel(cfg, data.n_classes).to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    model = runtime.prepare(ShopeeModel(cfg, data.n_classes))
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    stepper = Stepper(model, optimizer, scaler, cfg, device, channels_last)
-    train_ds, valid_ds = make_datasets(cfg, model, data)
+    stepper = Stepper(model, optimizer, runtime.grad_scaler(), cfg, runtime)
+    train_ds = dataset_for(cfg, model, data.train, labels=data.train_labels, augment=True)
+    valid_ds = dataset_for(cfg, model, data.valid)
     n = batches + warmup
     rng = np.random.default_rng(cfg.seed)
-    pin = device.type == "cuda"
+    pin = runtime.pin_memory
 
     def train_loader():
         indices = rng.choice(
@@ -80,8 +77,8 @@ def bench_train(cfg: Config, data_dir: Path, batches: int = 10, warmup: int = 2)
 
     @torch.no_grad()
     def embed_step(batch):
-        batch = to_device({k: v for k, v in batch.items() if k != "label"}, device, channels_last)
-        with autocast(device, cfg.amp):
+        batch = runtime.to_device({k: v for k, v in batch.items() if k != "label"})
+        with runtime.autocast():
             model(batch)
 
     ready = next(iter(valid_loader()))
@@ -96,7 +93,8 @@ def bench_train(cfg: Config, data_dir: Path, batches: int = 10, warmup: int = 2)
         "embed_loader_per_s": round(embed_real, 2),
         "embed_tensors_per_s": round(embed_tensors, 2),
         "embed_ratio": round(embed_real / embed_tensors, 3),
-        "device": device.type,
+        "device": runtime.device.type,
+        "precision": runtime.precision,
         "image_size": cfg.image_size if cfg.image_model else None,
         "batch_size": cfg.batch_size,
         "num_workers": cfg.num_workers,

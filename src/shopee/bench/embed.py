@@ -26,40 +26,17 @@ import numpy as np
 import pandas as pd
 import safetensors.torch
 import torch
-from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from shopee.config import Config
-from shopee.dataset import PostingDataset
-from shopee.demo.catalog import TitleStyle, make_products, make_title
-from shopee.embed import autocast
+from shopee.dataset import dataset_for
+from shopee.demo.synthetic import photo_jpegs, synthetic_titles
 from shopee.models import ShopeeModel
+from shopee.runtime import Runtime
 
 N_JPEGS = 8
 N_TITLES = 2000
 TRAIN_FOLD_CLASSES = 8811  # label groups in 4/5 of the real train set: the ArcFace head's size
-
-
-def photo_jpegs(directory: Path, n: int, px: int, seed: int = 0) -> list[Path]:
-    """``n`` photo-like JPEGs (smooth colour gradients plus sensor-like noise, quality 90) of
-    ``px`` x ``px``: about 80 KB at 640 px, like a typical Shopee product photo."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        low = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
-        smooth = np.asarray(Image.fromarray(low).resize((px, px), Image.BICUBIC), dtype=np.float32)
-        pixels = np.clip(smooth + rng.normal(0, 5, smooth.shape), 0, 255).astype(np.uint8)
-        path = directory / f"photo{i}.jpg"
-        Image.fromarray(pixels).save(path, "JPEG", quality=90)
-        paths.append(path)
-    return paths
-
-
-def _titles(n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    products = make_products(max(1, n // 3), rng)
-    style = TitleStyle()
-    return [make_title(products[i % len(products)], rng, style) for i in range(n)]
 
 
 def _sync(device: torch.device) -> None:
@@ -93,7 +70,7 @@ def _load_cost(model: ShopeeModel, directory: Path) -> tuple[float, float]:
     return time.perf_counter() - started, path.stat().st_size / 2**20
 
 
-def _decode_ms(dataset: PostingDataset) -> float:
+def _decode_ms(dataset) -> float:
     """Milliseconds per image for the dataset's own loading path, in this process (one core)."""
     dataset.image(0)  # warm the page cache
     started = time.perf_counter()
@@ -104,23 +81,19 @@ def _decode_ms(dataset: PostingDataset) -> float:
 
 def _image_forward(
     model: ShopeeModel,
-    cfg: Config,
     size: int,
     batches: int,
     batch_size: int,
-    device: torch.device,
-    channels_last: bool,
+    runtime: Runtime,
 ) -> dict[str, float]:
-    images = torch.randn(batch_size, 3, size, size, device=device)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = runtime.to_device({"image": torch.randn(batch_size, 3, size, size)})["image"]
 
     def forward(n: int = batch_size) -> torch.Tensor:
-        with autocast(device, cfg.amp):
+        with runtime.autocast():
             return model.image(images[:n])
 
     return {
-        "forward_per_s": round(_per_second(forward, batch_size, batches, device), 1),
+        "forward_per_s": round(_per_second(forward, batch_size, batches, runtime.device), 1),
         "gflops": round(_gflops(lambda: forward(1), 1), 3),
     }
 
@@ -135,8 +108,8 @@ def bench_embed(
     seed: int = 0,
 ) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, image_pretrained=False, text_pretrained=False).validate()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    channels_last = cfg.channels_last and device.type == "cuda"
+    runtime = Runtime.for_config(cfg)
+    device = runtime.device
     load_start = os.getloadavg()
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -147,7 +120,7 @@ def bench_embed(
         "torch_threads": torch.get_num_threads(),
         "batch_size": batch_size,
         "batches": batches,
-        "amp": cfg.amp and device.type == "cuda",
+        "precision": runtime.precision,
         "image_model": cfg.image_model or None,
         "text_model": cfg.text_model or None,
         "max_len": cfg.max_len if cfg.text_model else None,
@@ -156,9 +129,7 @@ def bench_embed(
     with tempfile.TemporaryDirectory() as tmp:
         load_s, size_mb = _load_cost(model, Path(tmp))
         result.update(weights_load_s=round(load_s, 3), weights_mb=round(size_mb, 1))
-        model.to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
+        runtime.prepare(model)
 
         result["image"] = []
         if model.image is not None:
@@ -166,20 +137,20 @@ def bench_embed(
             result["source_px"] = source_px
             result["jpeg_kb"] = round(float(np.mean([p.stat().st_size for p in paths])) / 1024, 1)
             n_decode = max(len(paths), batches * batch_size)
-            df = pd.DataFrame({"image_path": [str(paths[i % len(paths)]) for i in range(n_decode)]})
+            df = pd.DataFrame(
+                {"image_path": [str(paths[i % len(paths)]) for i in range(n_decode)], "title": ""}
+            )
             for size in image_sizes:
-                decode_ms = _decode_ms(
-                    PostingDataset(df, image_size=size, mean=model.image.mean, std=model.image.std)
-                )
+                dataset = dataset_for(dataclasses.replace(cfg, image_size=size), model, df)
                 result["image"].append(
-                    {"size": size, "decode_ms": round(decode_ms, 2)}
-                    | _image_forward(model, cfg, size, batches, batch_size, device, channels_last)
+                    {"size": size, "decode_ms": round(_decode_ms(dataset), 2)}
+                    | _image_forward(model, size, batches, batch_size, runtime)
                 )
 
         result["text"] = None
         if model.text is not None:
             tokenizer = model.text.tokenizer
-            titles = _titles(N_TITLES, seed)
+            titles = synthetic_titles(N_TITLES, seed)
             tokenizer(titles[:8])  # warm-up
             started = time.perf_counter()
             tokens = tokenizer(
@@ -190,7 +161,7 @@ def bench_embed(
             mask = tokens["attention_mask"][:batch_size].to(device)
 
             def text_forward(n: int = batch_size) -> torch.Tensor:
-                with autocast(device, cfg.amp):
+                with runtime.autocast():
                     return model.text(ids[:n], mask[:n])
 
             result["text"] = {
@@ -206,7 +177,7 @@ def bench_embed(
 
 def print_bench_embed(result: dict[str, Any]) -> None:
     """A readable table, then the result as one JSON line."""
-    amp = ", AMP" if result["amp"] else ""
+    amp = f", {result['precision']} autocast" if result["precision"] != "fp32" else ""
     print(
         f"on {result['device']} ({result['torch_threads']} torch threads{amp}), batch {result['batch_size']} "
         f"x {result['batches']} timed batches; model build {result['model_build_s']:.2f} s, "

@@ -1,0 +1,358 @@
+"""``bench match``: how fast the matching rule runs on synthetic data (figures, not tests).
+
+Parts, each runnable alone (``run_bench``):
+
+- ``rule`` (the default): the full rule on ``n`` synthetic postings (three embedding members,
+  TF-IDF, phash, union, min2) through ``match``, with the wall time of each stage, against the
+  *bare* chunked matrix-product top-k calls its embedding members need (the arithmetic bound);
+  then the post-processing alone (thresholds, union, min2, blending sums, output strings).
+- ``search``: the ``optimize-ensemble`` threshold search on synthetic OOF rows in five folds.
+
+The synthetic postings come from ``shopee.demo.synthetic``. (The way public notebooks match, with
+per-row Python loops, lives in the tests as the oracle the rule is checked against.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from shopee.constants import K
+from shopee.demo.synthetic import Synthetic, make_synthetic
+from shopee.errors import ShopeeError
+from shopee.match import (
+    PARAMS_VERSION,
+    Pairs,
+    combine,
+    match,
+    matches_to_strings,
+    normalize_rows,
+    validate_params,
+)
+from shopee.match.knn import DEFAULT_CHUNK_BYTES
+from shopee.match.rules import clear_knn_cache
+from shopee.metrics import score_pairs
+
+PHASH_MAX_DISTANCE = 4
+SEARCH_FOLDS = 5
+
+
+def default_params() -> dict[str, Any]:
+    """The benchmarked rule: two blending stages on ``fused`` only; phash within 4 bits."""
+    return validate_params(
+        {
+            "version": PARAMS_VERSION,
+            "k": K,
+            "members": [
+                {
+                    "name": "fused",
+                    "type": "embedding",
+                    "source": "fused",
+                    "threshold": 0.7,
+                    "blend": [0.8, 0.8],
+                },
+                {"name": "img", "type": "embedding", "source": "img", "threshold": 0.7, "blend": []},
+                {"name": "txt", "type": "embedding", "source": "txt", "threshold": 0.7, "blend": []},
+                {"name": "tfidf", "type": "tfidf", "threshold": 0.8, "analyzer": "word"},
+                {"name": "phash", "type": "phash", "max_distance": PHASH_MAX_DISTANCE},
+            ],
+            "min2": {"member": "fused", "threshold": 0.3},
+            "unit_filter": False,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (ru_maxrss), in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _f1(pairs, labels: np.ndarray) -> float:
+    return round(score_pairs(*pairs.with_self(), labels).mean().f1, 4)
+
+
+def bare_topk_seconds(x: np.ndarray, k: int, device: str = "cpu") -> float:
+    """Seconds of a plain loop of ``torch.topk(chunk @ x.T, k)`` over row chunks of the
+    normalized ``x`` (chunk height as ``knn_pairs`` picks it): the arithmetic bound of a kNN call."""
+    base = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    n = len(base)
+    rows = int(max(1, min(n, DEFAULT_CHUNK_BYTES // (4 * max(n, 1)))))
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, n, rows):
+            torch.topk(base[start : start + rows] @ base.T, min(k, n), dim=1)
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def _embedding_calls(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(source, label) of each kNN call the embedding members make: per blending stage, then final."""
+    calls = []
+    for m in params["members"]:
+        if m["type"] == "embedding":
+            calls += [(m["source"], f"{m['name']}:blend{s}") for s in range(1, len(m["blend"]) + 1)]
+            calls.append((m["source"], f"{m['name']}:final"))
+    return calls
+
+
+# --------------------------------------------------------------------------------------------
+# Parts 1 and 2: the rule against the bare top-k, then the post-processing alone
+# --------------------------------------------------------------------------------------------
+
+
+def run_rule(data: Synthetic, params: Mapping[str, Any], backend: str = "torch", device: str = "cpu") -> dict:
+    """The full rule through ``match`` (stage timings), the bare top-k calls and the post-processing."""
+    params = validate_params(params)
+    n = len(data)
+    candidates: dict[str, Pairs] = {}
+    timings: dict[str, float] = {}
+    clear_knn_cache()  # nothing remembered from an earlier run in this process
+    _log(f"rule: match() on {n} rows ...")
+    started = time.perf_counter()
+    pairs = match(
+        params,
+        n,
+        embeddings=data.embeddings,
+        titles=data.titles,
+        phashes=data.phashes,
+        backend=backend,
+        device=device,
+        timings=timings,
+        candidates=candidates,
+    )
+    match_s = time.perf_counter() - started
+    stages = {key: round(v, 3) for key, v in timings.items()}
+    stages["other"] = round(match_s - sum(timings.values()), 3)  # checks, input normalization
+    text_s = sum(v for key, v in timings.items() if key.startswith(("tfidf:", "phash:")))
+    embedding_s = match_s - text_s  # kNN, blending, all of combine, checks and normalization
+
+    _log("rule: bare top-k calls ...")
+    normalized = {source: normalize_rows(data.embeddings[source]) for source, _ in _embedding_calls(params)}
+    bare = {
+        label: round(bare_topk_seconds(normalized[source], params["k"], device), 3)
+        for source, label in _embedding_calls(params)
+    }
+    del normalized
+    bare_total = sum(bare.values())
+
+    _log("rule: post-processing ...")
+    started = time.perf_counter()
+    again = combine(params, candidates, n, titles=data.titles)
+    combine_s = time.perf_counter() - started
+    started = time.perf_counter()
+    strings = matches_to_strings(pairs, data.posting_ids)
+    strings_s = time.perf_counter() - started
+    if not (np.array_equal(again.rows, pairs.rows) and np.array_equal(again.cols, pairs.cols)):
+        raise ShopeeError("bench match: combine on the recorded candidates differs from match()")
+    post = {
+        "combine": round(combine_s, 3),
+        "blend_sums": round(sum(v for key, v in timings.items() if key.startswith("blend:")), 3),
+        "matches_to_strings": round(strings_s, 3),
+    }
+    return {
+        "n": n,
+        "match_s": round(match_s, 3),
+        "stages_s": stages,
+        "embedding_s": round(embedding_s, 3),
+        "tfidf_s": round(sum(v for key, v in timings.items() if key.startswith("tfidf:")), 3),
+        "phash_s": round(sum(v for key, v in timings.items() if key.startswith("phash:")), 3),
+        "bare_topk_s": bare,
+        "bare_topk_total_s": round(bare_total, 3),
+        "embedding_over_bare": round(embedding_s / bare_total, 3) if bare_total > 0 else None,
+        "postprocess_s": post,
+        "postprocess_total_s": round(sum(post.values()), 3),
+        "pairs": len(pairs),
+        "mean_matches": round(1 + len(pairs) / max(n, 1), 3),
+        "f1": _f1(pairs, data.labels),
+        "output_chars": sum(map(len, strings)),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Part 3: the threshold search
+# --------------------------------------------------------------------------------------------
+
+
+def run_search(
+    rows: int,
+    dim: int,
+    seed: int,
+    backend: str = "torch",
+    device: str = "cpu",
+    blend_stages: int | None = None,
+) -> dict:
+    """``ensemble.search`` with a ``Scorer`` over three embedding members on synthetic OOF rows
+    (``blend_stages``: passed to the search when given, else its default)."""
+    from shopee.ensemble import Scorer, embedding_members, search
+    from shopee.folds import DataFingerprint
+    from shopee.oof import OOFSet
+
+    data = make_synthetic(rows, dim, seed, text=False)
+    groups = np.unique(data.labels)
+    fold_of_group = np.random.default_rng(seed + 1).permutation(len(groups)) % SEARCH_FOLDS
+    fold = fold_of_group[np.searchsorted(groups, data.labels)]
+    index = pd.DataFrame({"posting_id": data.posting_ids, "label_group": data.labels, "fold": fold})
+    folds = sorted(int(f) for f in np.unique(fold))
+    oof = OOFSet(
+        index=index,
+        embeddings={f"synthetic:{name}": normalize_rows(x) for name, x in data.embeddings.items()},
+        folds=folds,
+        experiments={"synthetic": folds},
+        data=DataFingerprint("synthetic", "synthetic", rows, SEARCH_FOLDS),
+        data_dir="synthetic",
+    )
+    embeddings = dict(oof.embeddings)
+    pool = embedding_members(oof, embeddings)
+    scorer = Scorer(oof, embeddings, None, None, backend=backend, device=device)
+    _log(f"search: {rows} OOF rows, {len(folds)} folds, members {', '.join(m['name'] for m in pool)} ...")
+    clear_knn_cache()
+    started = time.perf_counter()
+    options = {} if blend_stages is None else {"blend_stages": blend_stages}
+    result = search(scorer, pool, "all", progress=_log, **options)
+    seconds = time.perf_counter() - started
+    return {
+        "rows": rows,
+        "folds": len(folds),
+        "blend_stages": "default" if blend_stages is None else blend_stages,
+        "members": [m["name"] for m in pool],
+        "search_s": round(seconds, 3),
+        "evaluations": scorer.evaluations,
+        "cached_candidate_sets": len(getattr(scorer, "_cache", {})),
+        "f1_all": round(result.scores.all.f1, 4),
+        "f1_fold": round(result.scores.fold.f1, 4),
+        "params": result.params,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"  {a:<{width}}  {b}" for a, b in rows)
+
+
+def _print_rule(r: dict, params: Mapping[str, Any]) -> None:
+    rows = [(f"match() stage {key}", f"{v:9.2f} s") for key, v in r["stages_s"].items()]
+    rows += [
+        ("match() total", f"{r['match_s']:9.2f} s"),
+        ("  embedding part (all but tfidf/phash)", f"{r['embedding_s']:9.2f} s"),
+        ("  tfidf", f"{r['tfidf_s']:9.2f} s"),
+        ("  phash", f"{r['phash_s']:9.2f} s"),
+    ]
+    rows += [(f"bare top-k {label}", f"{v:9.2f} s") for label, v in r["bare_topk_s"].items()]
+    rows += [
+        ("bare top-k total", f"{r['bare_topk_total_s']:9.2f} s"),
+        ("embedding part / bare top-k", f"{r['embedding_over_bare']:9.3f}   (target <= 1.5)"),
+    ]
+    rows += [(f"post-processing {key}", f"{v:9.2f} s") for key, v in r["postprocess_s"].items()]
+    rows += [
+        ("post-processing total", f"{r['postprocess_total_s']:9.2f} s   (target < 10 s)"),
+        ("matches per row (self included)", f"{r['mean_matches']:9.3f}"),
+        ("F1 against the synthetic groups", f"{r['f1']:9.4f}"),
+        ("peak resident memory (process)", f"{r['peak_rss_mb']:9.0f} MB"),
+    ]
+    members = ", ".join(
+        f"{m['name']}>={m['threshold']}" + (f" blend {m['blend']}" if m.get("blend") else "")
+        if m["type"] != "phash"
+        else f"{m['name']}<={m['max_distance']} bits"
+        for m in params["members"]
+    )
+    min2 = params["min2"]
+    print(f"rule on {r['n']} rows: {members}, union, min2 {min2['member']}>={min2['threshold']}")
+    print(_table(rows))
+
+
+def _print_search(r: dict) -> None:
+    rows = [
+        ("search time", f"{r['search_s']:9.2f} s   (target < 60 s)"),
+        ("evaluations", f"{r['evaluations']:9d}"),
+        ("candidate sets computed", f"{r['cached_candidate_sets']:9d}"),
+        ("CV F1 all / fold", f"{r['f1_all']:.4f} / {r['f1_fold']:.4f}"),
+        ("peak resident memory (process)", f"{r['peak_rss_mb']:9.0f} MB"),
+    ]
+    print(
+        f"threshold search on {r['rows']} OOF rows, {r['folds']} folds, blending stages "
+        f"{r['blend_stages']}, members {', '.join(r['members'])}:"
+    )
+    print(_table(rows))
+
+
+def run_bench(
+    n: int = 70000,
+    dim: int = 512,
+    *,
+    search: bool = False,
+    search_rows: int = 34000,
+    blend_stages: int | None = None,
+    seed: int = 0,
+    backend: str = "torch",
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Run the parts asked for (``rule``, or ``search`` when asked), print a table per part,
+    then one JSON line; returns that JSON object."""
+    if search and search_rows < 2 * SEARCH_FOLDS:
+        raise ShopeeError(
+            f"bench match: --search-rows must be at least {2 * SEARCH_FOLDS}, got {search_rows}"
+        )
+    for option, value in (("--n", n), ("--dim", dim)):
+        if value < 2:
+            raise ShopeeError(f"bench match: {option} must be at least 2, got {value}")
+    load_start = os.getloadavg()
+    result: dict[str, Any] = {
+        "bench": "match",
+        "n": n,
+        "dim": dim,
+        "seed": seed,
+        "backend": backend,
+        "device": device,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    params = default_params()
+    if search:
+        result["search"] = run_search(search_rows, dim, seed, backend, device, blend_stages)
+        _print_search(result["search"])
+    else:
+        _log(f"generating {n} synthetic rows (dim {dim}) ...")
+        started = time.perf_counter()
+        data = make_synthetic(n, dim, seed)
+        result["generate_s"] = round(time.perf_counter() - started, 3)
+        result["rule"] = run_rule(data, params, backend, device)
+        del data
+        _print_rule(result["rule"], params)
+    load_end = os.getloadavg()
+    result["loadavg_start"] = [round(v, 2) for v in load_start]
+    result["loadavg_end"] = [round(v, 2) for v in load_end]
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(
+        f"load average (1, 5, 15 min) at start {', '.join(f'{v:.2f}' for v in load_start)}, "
+        f"at end {', '.join(f'{v:.2f}' for v in load_end)} on {os.cpu_count()} cores; "
+        f"process peak memory {result['peak_rss_mb']:.0f} MB"
+    )
+    print(json.dumps(result), flush=True)
+    return result

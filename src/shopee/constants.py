@@ -1,0 +1,27 @@
+"""Constants of the competition and of the pipeline's contracts, each defined here once.
+
+Nothing here imports more than numpy, so every module (the light ``config`` included) can use it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- the competition ----------------------------------------------------------------------------
+COMPETITION = "shopee-product-matching"  # Kaggle's slug: data folder name and kernel source
+K = 51  # a Shopee group has at most 51 postings: neighbours searched per row, itself included
+MAX_OTHERS = K - 1  # so a row matches at most 50 others
+
+# --- names a config or a command chooses from -----------------------------------------------------
+IMAGE_POLICIES = ("error", "skip", "blank")  # a missing or unreadable image: stop, drop, blank it
+# ``skip`` would leave rows out of a submission: predicting accepts only these two.
+PREDICT_IMAGE_POLICIES = ("error", "blank")
+HEADS = ("arcface", "cosface", "subcenter_arcface", "curricularface", "adacos")
+EMBEDDING_KINDS = ("fused", "img", "txt")  # in the order reports list them
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # mixed precision; see ``shopee.runtime``
+DEFAULT_EMBED_DIM = 512  # width of a projecting neck (linear_bn ...) when ``embed_dim`` is unset
+
+# --- threshold grids (every search and every "F1 at the best threshold" uses these) -------------
+EMBEDDING_GRID = np.round(np.arange(0.05, 1.0, 0.01), 2)  # cosine similarity
+TFIDF_GRID = np.round(np.arange(0.2, 1.0, 0.01), 2)  # TF-IDF cosine; below 0.2 nothing is kept
+PHASH_DISTANCES = (0, 2, 4, 6, 8)  # Hamming distances (bits of 64)

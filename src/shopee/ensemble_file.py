@@ -1,0 +1,153 @@
+"""The ensemble file ``<output>/ensembles/NAME.json``: its format, written, read and checked here.
+
+``optimize-ensemble`` writes it; ``predict``, the kernel and the demo summary read it::
+
+    {"format": 2, "name": "v1",
+     "params": {...},                     # the matching params (shopee.match.rules)
+     "experiments": {"exp001": [0, 1]},   # the fold models whose embeddings the params use
+     "combined_sources": {"cat:txt": [{"source": "exp001:txt", "weight": 1.0}, ...]},
+     "data": {"dir": ..., "oof_rows": ..., "train_sha256": ..., "folds_sha256": ...,
+              "rows": ..., "n_folds": ...},   # what the folds were trained on (DataFingerprint)
+     "objective": "all", "cv_f1_all": ..., "cv_f1_fold": ..., "scores": {...},
+     "members": {...}, "steps": [...], "skipped": [...], "evaluations": ..., "seconds": ...}
+
+An embedding source is ``<exp>:<kind>`` (the fold models' embeddings of that kind, averaged over
+folds and re-normalized) or ``cat:<kind>`` (several such sources concatenated with weights, as
+``combined_sources`` says).
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shopee.atomic import write_json
+from shopee.errors import ShopeeError
+from shopee.folds import DataFingerprint
+from shopee.match import validate_params
+
+ENSEMBLE_FORMAT = 2
+COMBINED_PREFIX = "cat:"
+
+
+class EnsembleError(ShopeeError):
+    """An ensemble file that cannot be used; the message names the file and the field."""
+
+
+def _fail(where: str, field: str, message: str) -> None:
+    raise EnsembleError(f"{where}: {field}: {message}")
+
+
+def _number(ensemble: dict[str, Any], key: str, where: str) -> None:
+    value = ensemble.get(key)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        _fail(where, key, f"expected a number, got {value!r}")
+
+
+def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
+    """``ensemble`` with its params normalized (``validate_params``), or an ``EnsembleError``
+    naming ``where`` and the field at fault."""
+    if not isinstance(ensemble, dict):
+        _fail(where, "ensemble", f"expected a JSON object, got {type(ensemble).__name__}")
+    found = ensemble.get("format")
+    if found != ENSEMBLE_FORMAT:
+        made = f"format {found}" if found is not None else "an older version"  # 1 had no "format"
+        _fail(
+            where,
+            "format",
+            f"made by {made} of shopee, this reads {ENSEMBLE_FORMAT}: run optimize-ensemble again",
+        )
+    if not isinstance(ensemble.get("name"), str) or not ensemble["name"]:
+        _fail(where, "name", f"expected a non-empty string, got {ensemble.get('name')!r}")
+    try:
+        params = validate_params(ensemble.get("params"))
+    except ShopeeError as exc:
+        raise EnsembleError(f"{where}: {exc}") from None
+    experiments = ensemble.get("experiments")
+    if not isinstance(experiments, dict) or not experiments:
+        _fail(where, "experiments", f"expected an object of experiment -> folds, got {experiments!r}")
+    for exp, folds in experiments.items():
+        if not isinstance(folds, list) or not folds or not all(isinstance(f, int) and f >= 0 for f in folds):
+            _fail(where, f"experiments.{exp}", f"expected a non-empty list of fold numbers, got {folds!r}")
+    data = ensemble.get("data")
+    try:
+        DataFingerprint.from_dict(data)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        _fail(where, "data", "expected the data fingerprint (train_sha256, folds_sha256, rows, n_folds)")
+    combined = ensemble.get("combined_sources", {})
+    if not isinstance(combined, dict):
+        _fail(where, "combined_sources", f"expected an object, got {combined!r}")
+    for source, parts in combined.items():
+        if not source.startswith(COMBINED_PREFIX) or not isinstance(parts, list) or not parts:
+            _fail(where, f"combined_sources.{source}", "expected cat:<kind> -> a list of parts")
+        for i, part in enumerate(parts):
+            if not isinstance(part, dict) or not isinstance(part.get("weight"), numbers.Real):
+                _fail(where, f"combined_sources.{source}[{i}]", "expected {source, weight}")
+            field = f"combined_sources.{source}[{i}].source"
+            _check_source(part.get("source"), experiments, {}, where, field)
+    for i, member in enumerate(params["members"]):
+        if member["type"] == "embedding":
+            _check_source(member["source"], experiments, combined, where, f"params.members[{i}].source")
+    _number(ensemble, "cv_f1_all", where)
+    _number(ensemble, "cv_f1_fold", where)
+    return {**ensemble, "params": params}
+
+
+def _check_source(source: Any, experiments: dict, combined: dict, where: str, field: str) -> None:
+    if not isinstance(source, str) or ":" not in source:
+        _fail(where, field, f"expected <exp>:<kind> or cat:<kind>, got {source!r}")
+    if source.startswith(COMBINED_PREFIX):
+        if source not in combined:
+            _fail(where, field, f"{source} is not described in combined_sources")
+    elif source.split(":", 1)[0] not in experiments:
+        _fail(where, field, f"{source}: its experiment is not one of {', '.join(experiments)}")
+
+
+def read_ensemble(path: str | Path) -> dict[str, Any]:
+    """The checked ensemble in ``path`` (one ``EnsembleError`` line naming the file otherwise)."""
+    try:
+        ensemble = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EnsembleError(f"{path}: cannot read the ensemble ({exc})") from None
+    return validate_ensemble(ensemble, str(path))
+
+
+def write_ensemble(path: str | Path, ensemble: dict[str, Any]) -> None:
+    """Check ``ensemble`` and write it atomically (an invalid one is never written)."""
+    write_json(path, validate_ensemble({"format": ENSEMBLE_FORMAT, **ensemble}, str(path)))
+
+
+def ensemble_data(ensemble: dict[str, Any]) -> DataFingerprint:
+    """The data the ensemble's folds were trained on."""
+    return DataFingerprint.from_dict(ensemble["data"])
+
+
+def embedding_sources(ensemble: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """(sources the params use, the ``<exp>:<kind>`` sources the fold models must produce)."""
+    needed = {m["source"] for m in ensemble["params"]["members"] if m["type"] == "embedding"}
+    combined = ensemble.get("combined_sources", {})
+    base = {s for s in needed if not s.startswith(COMBINED_PREFIX)}
+    for source in needed & set(combined):
+        base |= {part["source"] for part in combined[source]}
+    return needed, base
+
+
+def summary_table(ensemble: dict[str, Any]) -> pd.DataFrame:
+    """F1, precision and recall after each rule the search added, within folds and on all rows."""
+    rows = [
+        {
+            "step": s["step"],
+            "F1 fold": s["fold"]["f1"],
+            "P fold": s["fold"]["precision"],
+            "R fold": s["fold"]["recall"],
+            "F1 all": s["all"]["f1"],
+            "P all": s["all"]["precision"],
+            "R all": s["all"]["recall"],
+        }
+        for s in ensemble.get("steps", [])
+    ]
+    return pd.DataFrame(rows)
