@@ -18,7 +18,8 @@ from shopee.data import read_split
 from shopee.folds import load_folds
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+# progress lines however quick the step (a debug epoch takes seconds)
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "SHOPEE_PROGRESS_MIN_SECONDS": "0"}
 
 
 def run_exp(exp: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

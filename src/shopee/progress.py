@@ -3,8 +3,10 @@
 tqdm draws a bar only on a terminal; in a log file, under ``nohup`` or a scheduler its bar is
 off and a long epoch would print nothing for minutes. ``Progress`` keeps the bar on a terminal
 and, off one, logs a line every ``fraction`` of the work (10 %) or every ``seconds`` (60), which
-ever comes first (to ``log``, default ``print``). On a terminal ``log_with_bar`` (a log file only,
-say) still gets the lines, so ``train.log`` tells the same story either way.
+ever comes first (to ``log``, default ``print``), but never two within ``min_seconds`` (2 s, or
+``$SHOPEE_PROGRESS_MIN_SECONDS``): a loop of a few seconds says nothing. On a terminal
+``log_with_bar`` (a log file only, say) still gets the lines, so ``train.log`` tells the same
+story either way.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Progress(Generic[T]):
         log_with_bar: Log | None = None,
         fraction: float = 0.1,
         seconds: float = 60.0,
+        min_seconds: float | None = None,
         terminal: bool | None = None,
     ) -> None:
         self.iterable = iterable
@@ -70,6 +73,9 @@ class Progress(Generic[T]):
         self.log_with_bar = log_with_bar
         self.fraction = fraction
         self.seconds = seconds
+        if min_seconds is None:
+            min_seconds = float(os.environ.get("SHOPEE_PROGRESS_MIN_SECONDS", 2.0))
+        self.min_seconds = min_seconds
         self.postfix = ""
         self.done = 0
         self._bar = None
@@ -108,7 +114,8 @@ class Progress(Generic[T]):
         share = self.done / self.total if self.total else None
         finished = share is not None and share >= 1
         crossed = share is not None and share >= self._next_share
-        if not finished and (crossed or now - self._last >= self.seconds):
+        quiet = now - self._last < self.min_seconds
+        if not finished and not quiet and (crossed or now - self._last >= self.seconds):
             self._emit(now - self._started)
             self._last = now
         while share is not None and share >= self._next_share:
