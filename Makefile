@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= input/shopee-demo
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean kaggle-check
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +56,19 @@ format: setup
 test: lint
 	$(BIN)/python -m pytest
 
+# The demo kernel's notebook executed on Kaggle's library versions (requirements-kaggle.txt) in a
+# second virtual environment with Python 3.12, as on Kaggle's 2026 image.
+KAGGLE_VENV ?= .venv-kaggle
+KAGGLE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+KAGGLE_STAMP := $(KAGGLE_VENV)/.installed
+
+$(KAGGLE_STAMP): requirements-kaggle.txt
+	$(KAGGLE_PYTHON) -m venv $(KAGGLE_VENV)
+	$(KAGGLE_VENV)/bin/pip install -r requirements-kaggle.txt
+	touch $@
+
+kaggle-check: setup $(KAGGLE_STAMP)
+	SHOPEE_KAGGLE_PYTHON=$(abspath $(KAGGLE_VENV))/bin/python $(BIN)/python -m pytest -s -q tests/test_kaggle_image.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) $(KAGGLE_VENV) .pytest_cache .ruff_cache src/*.egg-info

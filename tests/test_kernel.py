@@ -57,7 +57,7 @@ def kernel(trained: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
     out, _ = trained
     kernels = tmp_path_factory.mktemp("kernels")
     argv = ["build-kernel", "--ensemble", str(out / "ensembles" / "t.json"), "--name", "shopee-t1"]
-    assert main([*argv, "--user", "tester", "--out", str(kernels), "--tta", "flip", "--no-gpu"]) == 0
+    assert main([*argv, "--user", "tester", "--out", str(kernels), "--tta", "flip"]) == 0
     return kernels
 
 
@@ -70,10 +70,12 @@ def test_notebook_submission_equals_cli_predict(trained, kernel: Path, tmp_path:
     assert json.loads(printed.strip().splitlines()[-1])["submission"] == str(submission)
     assert "CV mode False" in printed and "embed:exp001/fold0, exp001/fold1" in printed and "total" in printed
 
+    # Row for row what the CLI's predict gives with the bundle's (slim) fold models.
     cli = tmp_path / "cli.csv"
-    ensemble = str(out / "ensembles" / "t.json")
-    _run(["predict", "--ensemble", ensemble, "--data", str(data), "--out", str(cli), "--tta", "flip"], capsys)
-    assert submission.read_text() == cli.read_text()  # row for row, the same predict function
+    dataset = kernel / "shopee-t1-dataset"
+    bundled = ["--ensemble", str(dataset / "ensemble.json"), "--output", str(dataset / "models")]
+    _run(["predict", *bundled, "--data", str(data), "--out", str(cli), "--tta", "flip"], capsys)
+    assert submission.read_text() == cli.read_text()
 
     rows = pd.read_csv(submission, dtype=str)
     test = pd.read_csv(data / "test.csv", dtype=str)
@@ -141,7 +143,8 @@ def test_metadata_and_manifest(trained, kernel: Path) -> None:
     out, _ = trained
     meta = json.loads((kernel / "shopee-t1" / "kernel-metadata.json").read_text())
     assert meta["id"] == "tester/shopee-t1" and meta["code_file"] == "shopee-t1.ipynb"
-    assert meta["enable_internet"] is False and meta["enable_gpu"] is False
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["machine_shape"] == "NvidiaTeslaT4"  # GPU T4 x2 (without it: a P100, unusable in 2026)
     assert meta["competition_sources"] == ["shopee-product-matching"]
     assert meta["dataset_sources"] == ["tester/shopee-t1-dataset"]
     assert meta["kernel_type"] == "notebook" and meta["language"] == "python"
@@ -261,3 +264,34 @@ def test_image_and_text_fold_reloads_to_its_oof_embeddings(trained) -> None:
     assert set(again) == {"img", "txt", "fused"}
     for kind, array in again.items():
         np.testing.assert_allclose(array, record.oof(kind), atol=1e-5, err_msg=kind)
+
+
+def test_slim_bundle_weights_embed_like_the_full_ones(trained, kernel: Path) -> None:
+    """Bundled weights are for inference: no margin head, large tensors in fp16, and embeddings
+    that agree with the full fp32 checkpoint (cosine >= 0.999 on every row and kind)."""
+    import safetensors.torch
+    import torch
+
+    from shopee.data import read_split
+    from shopee.embed import embed_rows
+    from shopee.outputs import FoldRecord
+    from shopee.runtime import Runtime
+
+    out, data = trained
+    full = FoldRecord.open(out / "exp001" / "fold0")
+    slim = FoldRecord.open(kernel / "shopee-t1-dataset" / "models" / "exp001" / "fold0")
+    state = safetensors.torch.load_file(str(slim.path / "model.safetensors"))
+    assert state and not any(key.startswith("heads.") for key in state)
+    assert {t.dtype for t in state.values() if t.numel() >= 4096} == {torch.float16}
+    full_mb = (full.path / "model.safetensors").stat().st_size / 2**20
+    slim_mb = (slim.path / "model.safetensors").stat().st_size / 2**20
+    assert slim_mb < 0.6 * full_mb
+
+    rows = read_split(data, "test", image_policy="blank")
+    cpu = Runtime(torch.device("cpu"))
+    (a,) = embed_rows([full.build_model()], full.config, rows, cpu, image_policy="blank")
+    (b,) = embed_rows([slim.build_model()], slim.config, rows, cpu, image_policy="blank")
+    for kind in ("img", "txt", "fused"):
+        cosine = (a[kind] * b[kind]).sum(axis=1)
+        assert cosine.min() >= 0.999, (kind, float(cosine.min()))
+    assert not slim.build_model().with_heads

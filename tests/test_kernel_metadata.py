@@ -34,8 +34,20 @@ def test_titles() -> None:
 
 
 def test_metadata_fields() -> None:
-    kernel = meta.kernel_metadata("me", "shopee-v1", "Shopee V1", gpu=True)
+    kernel = meta.kernel_metadata("me", "shopee-v1", "Shopee V1")
     assert kernel["enable_internet"] is False and kernel["enable_gpu"] is True and kernel["is_private"]
+    assert kernel["machine_shape"] == "NvidiaTeslaT4"  # GPU T4 x2, not the P100 a bare GPU flag gets
+    assert (
+        meta.kernel_metadata("me", "shopee-v1", "Shopee V1", accelerator="NvidiaL4")["machine_shape"]
+        == "NvidiaL4"
+    )
+    cpu = meta.kernel_metadata("me", "shopee-v1", "Shopee V1", accelerator="none")
+    assert cpu["enable_gpu"] is False and "machine_shape" not in cpu
+    with pytest.raises(ShopeeError, match="no kernels for the P100") as info:
+        meta.kernel_metadata("me", "shopee-v1", "Shopee V1", accelerator="NvidiaTeslaP100")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ShopeeError, match="use one of NvidiaTeslaT4, NvidiaL4, none"):
+        meta.check_accelerator("TpuV5E8")
     assert kernel["dataset_sources"] == ["me/shopee-v1-dataset"]
     assert kernel["competition_sources"] == ["shopee-product-matching"]
     dataset = meta.dataset_metadata("me", "shopee-v1", "Shopee V1")
@@ -60,3 +72,31 @@ def test_user_from_flag_env_or_kaggle_json(tmp_path: Path, monkeypatch) -> None:
     assert meta.kaggle_user("flag") == "flag"
     with pytest.raises(ShopeeError, match="not a Kaggle user name"):
         meta.kaggle_user("bad name")
+
+
+def test_kernel_minimums_are_the_kaggle_environment_pins() -> None:
+    """The versions the notebook insists on are exactly those make kaggle-check runs it on."""
+    from shopee.kernel.environment import MINIMUM_VERSIONS
+
+    pins = {}
+    for line in (Path(__file__).resolve().parents[1] / "requirements-kaggle.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.lower()] = version
+    for dist, version in MINIMUM_VERSIONS.items():
+        assert pins.get(dist.lower()) == version, dist
+
+
+def test_environment_cell_names_what_is_too_old(monkeypatch) -> None:
+    from shopee.kernel.environment import environment_cell, requirements
+
+    needs = {**requirements(), "numpy": "99.0"}
+    with pytest.raises(
+        RuntimeError, match=r"numpy 2\.\d+\.\d+: this kernel needs numpy >= 99\.0; rebuild it with --wheel"
+    ):
+        exec(compile(environment_cell([], needs), "cell", "exec"), {})
+    exec(
+        compile(environment_cell(["numpy-99.0-cp312-none-any.whl"], needs), "cell", "exec"), {}
+    )  # a wheel comes
+    exec(compile(environment_cell([], requirements()), "cell", "exec"), {})  # this environment is new enough

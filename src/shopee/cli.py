@@ -15,6 +15,7 @@ from pathlib import Path
 from shopee.constants import IMAGE_POLICIES, PREDICT_IMAGE_POLICIES
 from shopee.data import SPLITS, find_data_dir, read_split
 from shopee.errors import ShopeeError, exit_code
+from shopee.outputs import WEIGHT_FORMATS
 
 DATA_HELP = "competition directory or a Kaggle input root holding it [$SHOPEE_DATA, then /kaggle/input]"
 
@@ -202,7 +203,7 @@ def _cmd_build_kernel(args: argparse.Namespace) -> None:
         out=Path(args.out),
         output=Path(args.output) if args.output else None,
         title=args.title,
-        gpu=args.gpu,
+        accelerator=args.accelerator,
         private=not args.public,
         tta=None if args.tta == "none" else args.tta,
         image_policy=args.image_policy,
@@ -211,11 +212,11 @@ def _cmd_build_kernel(args: argparse.Namespace) -> None:
         wheels=[Path(w) for w in args.wheel],
         strict=args.strict,
         overwrite=args.overwrite,
+        weights=args.weights,
     )
     m = kernel.manifest
     size = size_mib(m)
-    gpu = "on" if args.gpu else "off"
-    print(f"notebook {kernel.notebook} (kernel {m['kernel']}, GPU {gpu}, internet off)")
+    print(f"notebook {kernel.notebook} (kernel {m['kernel']}, accelerator {args.accelerator}, internet off)")
     print(f"dataset  {kernel.dataset_dir}: {len(m['files'])} files, {size:.1f} MiB, {len(m['folds'])} folds")
     print("upload (a new version of the dataset later: kaggle datasets version ... -m NOTE):")
     print(f"  kaggle datasets create -p {kernel.dataset_dir} --dir-mode zip")
@@ -244,6 +245,7 @@ def _cmd_run_kernel(args: argparse.Namespace) -> None:
         work=Path(args.work) if args.work else None,
         dataset_dir=Path(args.dataset) if args.dataset else None,
         timeout=args.timeout,
+        python=Path(args.python) if args.python else None,
     )
     print(cell_outputs(nb))
     print(f"notebook ran in {seconds:.1f} s; outputs in {working}")
@@ -387,7 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     kern.add_argument("--title", default=None, help="notebook title; must read as the slug [from --name]")
     kern.add_argument("--out", default="kernels", help="where the two folders go [%(default)s]")
     kern.add_argument("--output", default=None, help="experiments' output root [the folder above ensembles/]")
-    kern.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True, help="run on a GPU [on]")
+    kern.add_argument(
+        "--accelerator",
+        default="NvidiaTeslaT4",
+        metavar="{NvidiaTeslaT4,NvidiaL4,none}",
+        help="Kaggle machine_shape: NvidiaTeslaT4 is GPU T4 x2; none runs on CPU; the P100 is refused "
+        "(Kaggle's 2026 torch has no kernels for it) [%(default)s]",
+    )
     kern.add_argument("--public", action="store_true", help="make the notebook public [private]")
     _add_tta(kern)
     kern.add_argument(
@@ -402,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     kern.add_argument(
         "--wheel", action="append", default=[], metavar="FILE", help="a wheel to install offline (repeatable)"
     )
+    kern.add_argument(
+        "--weights",
+        choices=WEIGHT_FORMATS,
+        default="fp16",
+        help="fold weights in the bundle, inference only (no margin head): fp16 halves them [%(default)s]",
+    )
     kern.add_argument("--strict", action="store_true", help="refuse to build from uncommitted changes")
     kern.add_argument("--overwrite", action="store_true", help="replace folders holding another kernel")
     _add_backend(kern)
@@ -413,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     runk.add_argument("--dataset", default=None, help="its dataset folder [KERNEL-dataset beside it]")
     runk.add_argument("--work", default=None, help="run folder (input/ and working/) [KERNEL-run beside it]")
     runk.add_argument("--timeout", type=_positive_int, default=None, help="seconds per cell [no limit]")
+    runk.add_argument(
+        "--python",
+        default=None,
+        metavar="PATH",
+        help="run the notebook on this interpreter (with ipykernel), e.g. .venv-kaggle/bin/python for "
+        "Kaggle's library versions [this one]",
+    )
     runk.set_defaults(func=_cmd_run_kernel)
 
     score = sub.add_parser(

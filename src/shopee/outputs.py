@@ -47,6 +47,9 @@ LOG_FILE = "train.log"
 MODEL_FILES = (CONFIG_FILE, MODEL_FILE)  # what rebuilding the model needs
 BUNDLE_FILES = (*MODEL_FILES, METRICS_FILE)  # what a Kaggle bundle ships of a fold
 REQUIRED_FILES = (CONFIG_FILE, MODEL_FILE, INDEX_FILE, METRICS_FILE, LOG_FILE)
+HEAD_PREFIX = "heads."  # the margin heads' tensors: training needs them, matching never does
+WEIGHT_FORMATS = ("fp16", "fp32")
+FP16_MIN_ELEMENTS = 4096  # smaller tensors (biases, norms, BatchNorm statistics) stay float32
 
 
 def fold_dir(output: str | Path, exp: str, fold: int) -> Path:
@@ -268,10 +271,12 @@ class FoldRecord:
         build = dataclasses.replace(cfg, image_pretrained=False, text_pretrained=False)
         if cfg.text_model and self.text_key in (text_dirs or {}):
             build = dataclasses.replace(build, text_weights=str(text_dirs[self.text_key]))  # type: ignore[index]
-        model = ShopeeModel(build, self.n_classes)
         weights = self.path / MODEL_FILE
         state = safetensors.torch.load_file(str(weights), device="cpu")
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        # a slim (inference) checkpoint has no margin heads: build the model without them
+        with_heads = any(key.startswith(HEAD_PREFIX) for key in state)
+        model = ShopeeModel(build, self.n_classes, with_heads=with_heads)
+        missing, unexpected = model.load_state_dict(state, strict=False)  # casts fp16 tensors up
         if missing or unexpected:
             raise ShopeeError(
                 f"{weights}: does not fit its config ({len(missing)} missing, "
@@ -281,6 +286,27 @@ class FoldRecord:
 
 
 # --- writing ------------------------------------------------------------------------------------
+
+
+def write_inference_weights(source: Path, target: Path, weights: str = "fp16") -> None:
+    """``source``'s ``model.safetensors`` for inference only into ``target``: without the margin
+    heads and, with ``weights="fp16"``, its large floating tensors in float16 (small ones, such as
+    biases and BatchNorm statistics, keep float32: they weigh nothing and fp16 would round them)."""
+    import safetensors.torch
+    import torch
+
+    if weights not in WEIGHT_FORMATS:
+        raise ShopeeError(f"--weights {weights}: use one of {', '.join(WEIGHT_FORMATS)}")
+    state = safetensors.torch.load_file(str(source / MODEL_FILE), device="cpu")
+    slim = {}
+    for key, tensor in state.items():
+        if key.startswith(HEAD_PREFIX):
+            continue
+        if weights == "fp16" and tensor.is_floating_point() and tensor.numel() >= FP16_MIN_ELEMENTS:
+            tensor = tensor.to(torch.float16)
+        slim[key] = tensor.contiguous()
+    with atomic_path(target / MODEL_FILE) as tmp:
+        safetensors.torch.save_file(slim, str(tmp), metadata={"shopee": f"inference {weights}"})
 
 
 def save_array(path: Path, array: np.ndarray) -> None:

@@ -29,6 +29,7 @@ from shopee.errors import ShopeeError
 from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
 from shopee.kernel.bundle import MANIFEST, open_bundle, write_bundle
+from shopee.kernel.environment import requirements
 from shopee.kernel.notebook import make_notebook
 from shopee.outputs import FoldRecord
 from shopee.predict import ensemble_records
@@ -90,7 +91,7 @@ def build_kernel(
     out: Path = Path("kernels"),
     output: Path | None = None,
     title: str | None = None,
-    gpu: bool = True,
+    accelerator: str = "NvidiaTeslaT4",
     private: bool = True,
     tta: str | None = None,
     image_policy: str = "blank",
@@ -99,6 +100,7 @@ def build_kernel(
     wheels: Sequence[Path] = (),
     strict: bool = False,
     overwrite: bool = False,
+    weights: str = "fp16",
 ) -> Kernel:
     """Write ``out/SLUG/`` (notebook + kernel-metadata.json) and ``out/SLUG-dataset/``."""
     if image_policy not in PREDICT_IMAGE_POLICIES:
@@ -110,7 +112,7 @@ def build_kernel(
     title = meta.kernel_title(slug, title)
     user = meta.kaggle_user(user)
     dataset_meta = meta.dataset_metadata(user, slug, title)
-    kernel_meta = meta.kernel_metadata(user, slug, title, gpu=gpu, private=private)
+    kernel_meta = meta.kernel_metadata(user, slug, title, accelerator=accelerator, private=private)
     ensemble_path = Path(ensemble_path)
     ensemble = read_ensemble(ensemble_path)
     output = Path(output) if output else ensemble_path.resolve().parent.parent
@@ -144,6 +146,8 @@ def build_kernel(
         "git_commit": commit,
         "shopee_version": shopee.__version__,
         "built_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "accelerator": accelerator,
+        "requirements": requirements(),
         "settings": {"tta": tta, "image_policy": image_policy, "backend": backend, "cv_rows": cv_rows},
     }
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -157,10 +161,11 @@ def build_kernel(
             info=info,
             wheels=wheels,
             dataset_metadata=dataset_meta,
+            weights=weights,
         )
         with _offline():
             _verify_models(new_dataset)
-        notebook = make_notebook(info, dataset_meta["id"], manifest["folds"])
+        notebook = make_notebook(info, dataset_meta["id"], manifest["folds"], [Path(w).name for w in wheels])
         replace_dir(new_dataset, dataset_dir)
         with atomic_dir(notebook_dir, overwrite=True) as tmp:
             write_text(tmp / f"{slug}.ipynb", nbformat.writes(notebook))

@@ -6,7 +6,8 @@ Layout (``kernels/SLUG-dataset/``)::
     shopee-bundle.json       manifest: what was built from what, every file with size and sha256
     ensemble.json            the tuned ensemble (matching params and the folds it uses)
     shopee/                  the package source the notebook imports (without bench/ and demo/)
-    models/<exp>/fold<k>/    config.json, model.safetensors, metrics.json (as training wrote them)
+    models/<exp>/fold<k>/    config.json and metrics.json as training wrote them; model.safetensors
+                             for inference: no margin heads, large tensors fp16 (or fp32)
     pretrained/<name>/       config and tokenizer files of each text model (no weights: those
                              travel in the fold checkpoints)
     wheels/                  optional wheels the notebook installs with pip --no-index
@@ -28,7 +29,7 @@ from typing import Any
 import shopee
 from shopee.atomic import write_json
 from shopee.errors import ShopeeError
-from shopee.outputs import BUNDLE_FILES, FoldRecord, fold_dir
+from shopee.outputs import BUNDLE_FILES, MODEL_FILE, FoldRecord, fold_dir, write_inference_weights
 
 MANIFEST = "shopee-bundle.json"
 FORMAT = 1
@@ -61,14 +62,17 @@ def _copy_package(dest: Path) -> None:
     shutil.copytree(source, dest, ignore=ignore)
 
 
-def _copy_folds(records: Iterable[FoldRecord], dest: Path) -> list[FoldRecord]:
-    """Each fold's files into ``dest/models``, unchanged; the records of the copies."""
+def _copy_folds(records: Iterable[FoldRecord], dest: Path, weights: str) -> list[FoldRecord]:
+    """Each fold's files into ``dest/models`` (its weights for inference, ``weights`` precision;
+    the rest unchanged); the records of the copies."""
     copies = []
     for record in records:
         target = fold_dir(dest / MODELS_DIR, record.exp, record.fold)
         target.mkdir(parents=True)
         for name in BUNDLE_FILES:
-            if (record.path / name).is_file():
+            if name == MODEL_FILE:
+                write_inference_weights(record.path, target, weights)
+            elif (record.path / name).is_file():
                 shutil.copy2(record.path / name, target / name)
         copies.append(FoldRecord.open(target))
     return copies
@@ -124,6 +128,7 @@ def write_bundle(
     info: Mapping[str, Any],
     wheels: Iterable[Path] = (),
     dataset_metadata: Mapping[str, Any],
+    weights: str = "fp16",
 ) -> dict[str, Any]:
     """Fill the empty directory ``dest``; returns the manifest (also written as ``MANIFEST``).
 
@@ -133,7 +138,7 @@ def write_bundle(
     write_json(dest / "dataset-metadata.json", dict(dataset_metadata))
     shutil.copy2(ensemble_path, dest / ENSEMBLE_FILE)
     _copy_package(dest / "shopee")
-    copies = _copy_folds(records, dest)
+    copies = _copy_folds(records, dest, weights)
     text_dirs = _copy_text_models(copies, dest)
     _copy_wheels(wheels, dest)
     manifest = {
@@ -142,6 +147,7 @@ def write_bundle(
         "ensemble_file": ENSEMBLE_FILE,
         "models_dir": MODELS_DIR,
         "folds": sorted(record.name for record in copies),
+        "weights": weights,
         "text_dirs": text_dirs,
         "files": file_list(dest),
     }

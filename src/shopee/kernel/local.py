@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -53,11 +54,14 @@ def run_kernel(
     work: Path | None = None,
     dataset_dir: Path | None = None,
     timeout: int | None = None,
+    python: Path | None = None,
 ) -> tuple[Path, nbformat.NotebookNode, float]:
     """Execute ``kernel_dir``'s notebook; (its working folder, the executed notebook, seconds).
 
-    The dataset folder defaults to the builder's ``<kernel_dir>-dataset`` beside it. A failing
-    cell raises ``ShopeeError`` with its error line; the executed notebook is saved either way.
+    The dataset folder defaults to the builder's ``<kernel_dir>-dataset`` beside it. ``python``
+    runs the notebook's kernel on another interpreter (one with ipykernel), such as a virtual
+    environment with Kaggle's library versions. A failing cell raises ``ShopeeError`` with its
+    error line; the executed notebook is saved either way.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -87,6 +91,7 @@ def run_kernel(
         nb,
         timeout=timeout,
         kernel_name="python3",
+        km=_kernel_manager(Path(python), work) if python else None,
         resources={"metadata": {"path": str(working)}},
         # The kernel is local and short-lived: its warning about unencrypted local TCP is noise.
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
@@ -100,3 +105,30 @@ def run_kernel(
     finally:
         write_text(working / code_file.name, nbformat.writes(nb))
     return working, nb, time.perf_counter() - started
+
+
+def _kernel_manager(python: Path, work: Path):
+    """A Jupyter kernel manager whose kernel runs on ``python`` (checked to have ipykernel)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    try:
+        probe = subprocess.run(
+            [str(python), "-c", "import ipykernel, sys; print(sys.version.split()[0])"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except OSError as exc:
+        raise ShopeeError(f"--python {python}: cannot run it ({exc.strerror})") from None
+    if probe.returncode != 0:
+        raise ShopeeError(f"--python {python}: has no ipykernel (pip install ipykernel into it)")
+    specs = work / "kernelspecs"
+    spec = specs / "shopee-run"
+    spec.mkdir(parents=True)
+    argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    name = f"Python {probe.stdout.strip()} ({python})"
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
+    return KernelManager(
+        kernel_name="shopee-run", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)])
+    )

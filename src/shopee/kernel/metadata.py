@@ -4,6 +4,10 @@ Kaggle derives a notebook's URL slug from its title (lower case, every run of ot
 turned into one hyphen); ``kaggle kernels push`` warns when the title does not resolve to the
 ``id`` it is given, so the default title is made from the slug. Limits: a kernel title of at least
 5 characters, a dataset title of 6 to 50, slugs of 3 to 50 lower-case letters, digits and hyphens.
+
+The accelerator is ``machine_shape``: without it a GPU kernel gets a P100, on which Kaggle's 2026
+image (torch 2.10, CUDA 12.8, no sm_60 kernels) says CUDA is available and then fails at the first
+CUDA operation. ``NvidiaTeslaT4`` is "GPU T4 x2", Kaggle's default GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +22,25 @@ from shopee.constants import COMPETITION
 from shopee.errors import ShopeeError
 
 DATASET_SUFFIX = "-dataset"
+ACCELERATORS = {  # --accelerator -> what it is
+    "NvidiaTeslaT4": "GPU T4 x2 (two 16 GB T4s, sm_75: fp16 tensor cores, no bf16)",
+    "NvidiaL4": "GPU L4 (24 GB, sm_89: bf16)",
+    "none": "CPU only",
+}
+RETIRED_ACCELERATORS = {
+    "NvidiaTeslaP100": "Kaggle's 2026 image (torch 2.10, CUDA 12.8) has no kernels for the P100 (sm_60): "
+    "CUDA reports itself available and the first GPU operation fails; use NvidiaTeslaT4",
+}
+
+
+def check_accelerator(accelerator: str) -> str:
+    if accelerator in RETIRED_ACCELERATORS:
+        raise ShopeeError(f"--accelerator {accelerator}: {RETIRED_ACCELERATORS[accelerator]}")
+    if accelerator not in ACCELERATORS:
+        raise ShopeeError(f"--accelerator {accelerator}: use one of {', '.join(ACCELERATORS)}")
+    return accelerator
+
+
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -91,8 +114,11 @@ def dataset_metadata(user: str, slug: str, title: str) -> dict[str, Any]:
     }
 
 
-def kernel_metadata(user: str, slug: str, title: str, *, gpu: bool, private: bool = True) -> dict[str, Any]:
-    return {
+def kernel_metadata(
+    user: str, slug: str, title: str, *, accelerator: str = "NvidiaTeslaT4", private: bool = True
+) -> dict[str, Any]:
+    gpu = check_accelerator(accelerator) != "none"
+    meta = {
         "id": f"{user}/{check_slug(slug)}",
         "title": kernel_title(slug, title),
         "code_file": f"{slug}.ipynb",
@@ -107,3 +133,6 @@ def kernel_metadata(user: str, slug: str, title: str, *, gpu: bool, private: boo
         "kernel_sources": [],
         "model_sources": [],
     }
+    if gpu:
+        meta["machine_shape"] = accelerator  # without it Kaggle hands out a P100
+    return meta

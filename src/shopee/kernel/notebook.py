@@ -12,6 +12,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from shopee.kernel.bundle import MANIFEST
+from shopee.kernel.environment import environment_cell
 
 FIND_INPUTS = '''\
 import json
@@ -114,8 +115,11 @@ def _settings(slug: str, dataset: str, settings: dict[str, Any]) -> str:
     )
 
 
-def make_notebook(info: dict[str, Any], dataset: str, folds: list[str]) -> nbformat.NotebookNode:
-    """The notebook for the kernel described by ``info`` (the manifest's build fields)."""
+def make_notebook(
+    info: dict[str, Any], dataset: str, folds: list[str], wheels: list[str] | None = None
+) -> nbformat.NotebookNode:
+    """The notebook for the kernel described by ``info`` (the manifest's build fields); ``wheels``
+    are the names of the bundled wheels (the environment check counts on them)."""
     intro = f"""\
 # {info["title"]}
 
@@ -126,12 +130,15 @@ Submission notebook for Kaggle's *Shopee - Price Match Guarantee*, built by
 * Ensemble CV F1 {info["cv_f1_all"]:.4f} on all out-of-fold rows, {info["cv_f1_fold"]:.4f} within folds.
 * Fold models: {", ".join(folds)}; matching members: {", ".join(info["members"])}.
 * Inputs: the competition data and the dataset `{dataset}` (internet off).
+* Accelerator: {info["accelerator"]}; the fold models are spread over every GPU it has.
+* The first cell checks the image's libraries against the versions the bundle was tested with.
 * With 3 test rows or fewer (the public `test.csv`) it also scores a slice of train and prints the F1.
 * Run it locally with `python -m shopee run-kernel kernels/{info["slug"]} --data DIR`.
 """
     nb = new_notebook(
         cells=[
             new_markdown_cell(intro),
+            new_code_cell(environment_cell(wheels or [], info["requirements"])),
             new_code_cell(_settings(info["slug"], dataset, info["settings"])),
             new_code_cell(FIND_INPUTS),
             new_code_cell(LOAD),

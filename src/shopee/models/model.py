@@ -55,9 +55,13 @@ class EarlyFusion(nn.Module):
 
 
 class ShopeeModel(nn.Module):
-    def __init__(self, cfg: Config, n_classes: int) -> None:
+    """``with_heads=False`` builds the model for inference only: no margin heads (the embeddings
+    never pass them at match time), so no loss; a slim checkpoint without them loads into it."""
+
+    def __init__(self, cfg: Config, n_classes: int, with_heads: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
+        self.with_heads = with_heads
         self.kinds = embedding_kinds(cfg)
         self.image = (
             ImageEncoder(cfg.image_model, cfg.image_pretrained, cfg.image_weights, cfg.image_pool, cfg.gem_p)
@@ -79,7 +83,10 @@ class ShopeeModel(nn.Module):
         def member(kind: str, in_dim: int) -> None:
             neck, width = build_neck(cfg.neck, in_dim, cfg.projection_dim, cfg.dropout)
             self.necks[kind] = neck
-            self.heads[kind] = build_head(cfg.head, width, n_classes, cfg.scale, cfg.margin, cfg.subcenters)
+            if with_heads:
+                self.heads[kind] = build_head(
+                    cfg.head, width, n_classes, cfg.scale, cfg.margin, cfg.subcenters
+                )
 
         if cfg.fusion == "none":
             member(self.kinds[0], img_dim or txt_dim)
@@ -145,6 +152,8 @@ class ShopeeModel(nn.Module):
         return self.heads[kind] if kind in self.heads else None  # noqa: SIM401 - ModuleDict has no get
 
     def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        if not self.with_heads:
+            raise RuntimeError("this model was built for inference only (with_heads=False): no loss")
         total = None
         for kind in self.kinds:
             head = self.head_for(kind)

@@ -1,0 +1,108 @@
+"""What the bundled package needs of the image it runs on, and the notebook cell that checks it.
+
+A Kaggle kernel runs the bundled ``shopee`` source on the libraries of Kaggle's image, not on this
+project's pins. ``MINIMUM_VERSIONS`` are the oldest versions the code is tested with: those of
+``requirements-kaggle.txt`` (Kaggle's 2026 GPU image: a Colab runtime of 2026-04/05), which
+``make kaggle-check`` installs to run the demo kernel in. The build records them in the notebook,
+whose first code cell prints what the image has and stops with one line when something is older
+and no wheel for it is bundled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+# distribution name -> oldest version tested (requirements-kaggle.txt pins exactly these)
+MINIMUM_VERSIONS: dict[str, str] = {
+    "torch": "2.10.0",
+    "timm": "1.0.25",
+    "transformers": "5.0.0",
+    "safetensors": "0.7.0",
+    "numpy": "2.0.2",  # np.bitwise_count (phash distances) needs 2.0
+    "pandas": "2.2.2",
+    "scipy": "1.16.3",
+    "scikit-learn": "1.6.1",
+    "pillow": "11.3.0",
+    "albumentations": "2.0.8",
+}
+MINIMUM_PYTHON = "3.10"
+# Reported when present; the code falls back without them (faiss and cuml: torch kNN).
+OPTIONAL = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "cuml-cu12", "lightgbm")
+
+CELL = '''\
+# The environment: what this image has against what the bundle was built and tested for. Nothing
+# is imported here (a bundled wheel may replace a library in the next cell); GPUs from nvidia-smi.
+import importlib.metadata
+import platform
+import shutil
+import subprocess
+
+REQUIRED = {required!r}
+OPTIONAL = {optional!r}
+WHEELS = {wheels!r}  # bundled wheels: the next cell installs them before anything is imported
+
+
+def version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def release(text):
+    """(2, 10, 0) from '2.10.0+cu128': the leading numbers."""
+    numbers = []
+    for part in text.replace("+", ".").split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+def wheel_for(dist):
+    """A bundled wheel of this distribution (a wheel's name is DIST-VERSION-...whl)?"""
+    name = dist.lower().replace("-", "_")
+    return any(w.split("-")[0].lower() == name for w in WHEELS)
+
+
+found = {{"python": platform.python_version(), **{{d: version(d) for d in REQUIRED}}}}
+needed = {{"python": {python!r}, **REQUIRED}}
+too_old = []
+for dist, need in needed.items():
+    have = found[dist]
+    ok = have is not None and release(have) >= release(need)
+    if not ok and not wheel_for(dist):
+        too_old.append((dist, have, need))
+    print(f"{{dist:<16}} {{have or 'missing':<16}} needs >= {{need}}{{'' if ok else '  <- TOO OLD'}}")
+for dist in OPTIONAL:
+    if version(dist):
+        print(f"{{dist:<16}} {{version(dist):<16}} (optional)")
+gpus = []
+if shutil.which("nvidia-smi"):
+    query = ["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader"]
+    listing = subprocess.run(query, capture_output=True, text=True, timeout=60)
+    gpus = [line.strip() for line in listing.stdout.splitlines() if line.strip()]
+print(f"GPUs: {{'; '.join(gpus) or 'none (CPU only)'}}")
+if too_old:
+    dist, have, need = too_old[0]
+    more = f" (also too old: {{', '.join(d for d, _, _ in too_old[1:])}})" if len(too_old) > 1 else ""
+    raise RuntimeError(
+        f"{{dist}} {{have or 'is missing'}}: this kernel needs {{dist}} >= {{need}}; rebuild it with "
+        f"--wheel FILE.whl for {{dist}} (pip download {{dist}}=={{need}}), or attach a dataset of "
+        f"wheels{{more}}"
+    )
+'''
+
+
+def requirements() -> dict[str, str]:
+    """What a bundle built now needs: ``{"python": ..., "torch": ..., ...}`` (kept in its manifest)."""
+    return {"python": MINIMUM_PYTHON, **MINIMUM_VERSIONS}
+
+
+def environment_cell(wheels: Sequence[str] = (), needs: Mapping[str, str] | None = None) -> str:
+    """The notebook's first code cell, self-contained (it runs before the bundle is imported);
+    ``needs`` as ``requirements()`` gives it."""
+    needs = dict(needs or requirements())
+    python = needs.pop("python", MINIMUM_PYTHON)
+    return CELL.format(required=needs, optional=OPTIONAL, wheels=list(wheels), python=python)
