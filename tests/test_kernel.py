@@ -295,3 +295,78 @@ def test_slim_bundle_weights_embed_like_the_full_ones(trained, kernel: Path) -> 
         cosine = (a[kind] * b[kind]).sum(axis=1)
         assert cosine.min() >= 0.999, (kind, float(cosine.min()))
     assert not slim.build_model().with_heads
+
+
+def test_the_kaggle_cli_accepts_what_it_would_upload(
+    kernel: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The Kaggle CLI's own client pushes the built kernel and creates its dataset; only the
+    network calls are replaced, and the requests they would send are checked."""
+    from unittest import mock
+
+    import requests
+
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-config"))
+    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
+    monkeypatch.delenv("KAGGLE_API_TOKEN", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the Kaggle client tried the network")
+
+    monkeypatch.setattr(requests.Session, "send", no_network)
+    from kaggle.api.kaggle_api_extended import KaggleApi
+    from kagglesdk.datasets.services.dataset_api_service import DatasetApiClient
+    from kagglesdk.datasets.types.dataset_api_service import ApiCreateDatasetResponse
+    from kagglesdk.kernels.services.kernels_api_service import KernelsApiClient
+    from kagglesdk.kernels.types.kernels_api_service import ApiSaveKernelResponse
+
+    api = KaggleApi()
+    api.authenticate()
+    sent: dict = {"uploads": []}
+
+    def save_kernel(self, request):
+        sent["kernel"] = request
+        response = ApiSaveKernelResponse()
+        response.version_number, response.url = 1, "https://www.kaggle.com/code/tester/shopee-t1"
+        return response
+
+    def upload_blob(self, path, quiet, blob_type, upload_context, content_type=None):
+        sent["uploads"].append(Path(path).name)
+        return f"token-{Path(path).name}"
+
+    def dataset_status(self, dataset, format=None):
+        raise requests.exceptions.HTTPError("404: a new dataset")
+
+    def create_dataset(self, request):
+        sent["dataset"] = request
+        response = ApiCreateDatasetResponse()
+        response.ref, response.url = f"{request.owner_slug}/{request.slug}", "u"
+        return response
+
+    with (
+        mock.patch.object(KernelsApiClient, "save_kernel", save_kernel),
+        mock.patch.object(KaggleApi, "_upload_blob", upload_blob),
+        mock.patch.object(KaggleApi, "dataset_status", dataset_status),
+        mock.patch.object(DatasetApiClient, "create_dataset", create_dataset),
+    ):
+        created = api.dataset_create_new(str(kernel / "shopee-t1-dataset"), dir_mode="zip", quiet=True)
+        api.kernels_push(str(kernel / "shopee-t1"))
+    assert not created.error
+    assert "does not resolve to the specified id" not in capsys.readouterr().out  # title reads as the slug
+
+    push = sent["kernel"]
+    assert push.slug == "tester/shopee-t1" and push.new_title == "Shopee T1"
+    assert push.language == "python" and push.kernel_type == "notebook" and push.is_private
+    assert push.enable_internet is False  # the CLI's own default is True
+    assert push.enable_gpu is True and push.machine_shape == "NvidiaTeslaT4"
+    assert push.competition_data_sources == ["shopee-product-matching"]
+    assert "find_bundle" in push.text and "REQUIRED" in push.text  # the notebook's cells
+
+    dataset = sent["dataset"]
+    assert push.dataset_data_sources == [f"{dataset.owner_slug}/{dataset.slug}"]  # the dataset just built
+    assert dataset.license_name == "CC0-1.0" and dataset.is_private
+    # folders travel zipped (--dir-mode zip), the metadata file stays out
+    assert {"shopee.zip", "models.zip", "pretrained.zip", "ensemble.json", MANIFEST} <= set(sent["uploads"])
+    assert "dataset-metadata.json" not in sent["uploads"]
+    assert {f.token for f in dataset.files} == {f"token-{name}" for name in sent["uploads"]}

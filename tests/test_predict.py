@@ -145,7 +145,7 @@ def test_folds_share_one_pass_with_the_same_embeddings(tuned: tuple[Path, Path])
     }
     ensemble["params"]["members"] = [member]  # the tuned rule may use TF-IDF alone on this tiny data
     records = ensemble_records(ensemble, out)
-    together = ensemble_embeddings(ensemble, records, df, cpu, "blank", timings)
+    together = ensemble_embeddings(ensemble, records, df, [cpu], "blank", timings)
     assert [k for k in timings if k.startswith("embed:")] == ["embed:exp003/fold0, exp003/fold1"]
     total = sum(
         embed_rows([r.build_model()], r.config, df, CPU, image_policy="blank")[0]["txt"] for r in records
@@ -241,3 +241,40 @@ def test_skip_is_refused_for_a_submission(tuned: tuple[Path, Path]) -> None:
     out, data = tuned
     with pytest.raises(ShopeeError, match="skip would leave rows out of the submission"):
         predict(out / "ensembles" / "t.json", data, image_policy="skip")
+
+
+def test_two_devices_give_the_submission_of_one(
+    tuned: tuple[Path, Path], tmp_path: Path, monkeypatch
+) -> None:
+    """The split path of a T4 x2 kernel, run over two CPU "devices": each embeds its share of the
+    fold models from the same batches, and the submission is that of one device."""
+    from shopee.ensemble_file import write_ensemble
+    from shopee.predict import predict
+
+    out, data = tuned
+    ensemble = read_ensemble(out / "ensembles" / "t.json")
+    member = {
+        "name": "exp003_txt",
+        "type": "embedding",
+        "source": "exp003:txt",
+        "threshold": 0.6,
+        "blend": [0.7],
+    }
+    ensemble["params"]["members"] = [member, {"name": "tfidf", "type": "tfidf", "threshold": 0.7}]
+    ensemble["params"]["min2"] = {"member": "exp003_txt", "threshold": 0.3}
+    path = out / "ensembles" / "two.json"
+    write_ensemble(path, ensemble)
+    placed: list[tuple[str, str]] = []
+    build = FoldRecord.build_model
+
+    def spy(self, device="cpu", text_dirs=None):
+        placed.append((self.name, str(device)))
+        return build(self, device, text_dirs)
+
+    monkeypatch.setattr(FoldRecord, "build_model", spy)
+    one = predict(path, data, devices=[torch.device("cpu")])
+    assert placed == [("exp003/fold0", "cpu"), ("exp003/fold1", "cpu")]
+    two = predict(path, data, devices=[torch.device("cpu", 0), torch.device("cpu", 1)])
+    assert placed[2:] == [("exp003/fold0", "cpu:0"), ("exp003/fold1", "cpu:1")]
+    pd.testing.assert_frame_equal(one, two)
+    assert (one["matches"].str.count(" ") > 0).any()

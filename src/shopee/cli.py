@@ -160,6 +160,7 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
 
 def _cmd_predict(args: argparse.Namespace) -> None:
     from shopee.predict import predict, print_timings, score_on_train, write_submission
+    from shopee.runtime import parse_devices
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -174,6 +175,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         backend=args.backend,
         tta=None if args.tta == "none" else args.tta,
         timings=timings,
+        devices=parse_devices(args.devices),
     )
     write_submission(submission, Path(args.out))
     print_timings(timings)
@@ -375,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PREDICT_IMAGE_POLICIES,
         default="blank",
         help="a test image that will not open: blank keeps the submission complete [%(default)s]",
+    )
+    pred.add_argument(
+        "--devices",
+        default=None,
+        metavar="LIST",
+        help="devices sharing the fold models, e.g. cuda:0,cuda:1 [every visible GPU, else the CPU]",
     )
     _add_tta(pred)
     _add_backend(pred)

@@ -11,7 +11,7 @@ posting itself first.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from shopee.match import match, matches_to_strings
 from shopee.metrics import MatchScore, score_submission
 from shopee.oof import combined_embedding
 from shopee.outputs import FoldRecord, fold_dir
-from shopee.runtime import Runtime, default_device
+from shopee.runtime import Runtime, visible_devices
 
 
 def ensemble_records(ensemble: dict[str, Any], output: Path) -> list[FoldRecord]:
@@ -74,7 +74,7 @@ def ensemble_embeddings(
     ensemble: dict[str, Any],
     records: list[FoldRecord],
     df: pd.DataFrame,
-    device: torch.device,
+    devices: Sequence[torch.device],
     image_policy: str,
     timings: dict[str, float] | None = None,
     *,
@@ -85,7 +85,9 @@ def ensemble_embeddings(
 
     Each ``<exp>:<kind>`` is the mean of the experiment's fold models' embeddings, re-normalized;
     fold models (of any experiment) that read identical batches embed in one pass, in the
-    precision their config asks for on ``device`` (``Runtime``).
+    precision their config asks for (``Runtime``). The models of a pass are spread round-robin
+    over ``devices`` (both GPUs of a Kaggle T4 x2): each device embeds its share of them from the
+    same decoded batches, so the result is that of one device.
     """
     needed, base = embedding_sources(ensemble)
     groups: dict[tuple[Any, ...], list[FoldRecord]] = {}
@@ -95,9 +97,13 @@ def ensemble_embeddings(
     sums: dict[str, np.ndarray] = {}
     for members in groups.values():
         started = time.perf_counter()
-        runtime = Runtime.for_config(members[0].config, device)
-        models = [record.build_model(device, text_dirs) for record in members]
-        outs = embed_rows(models, members[0].config, df, runtime, image_policy=image_policy, tta=tta)
+        placed = [devices[i % len(devices)] for i in range(len(members))]
+        runtimes = [Runtime.for_config(r.config, d) for r, d in zip(members, placed, strict=True)]
+        models = [
+            rt.prepare(r.build_model(d, text_dirs))
+            for r, d, rt in zip(members, placed, runtimes, strict=True)
+        ]
+        outs = embed_rows(models, members[0].config, df, runtimes, image_policy=image_policy, tta=tta)
         for record, out in zip(members, outs, strict=True):
             for kind, array in out.items():
                 key = f"{record.exp}:{kind}"
@@ -148,10 +154,12 @@ def predict(
     tta: str | None = None,
     text_dirs: Mapping[str, str | Path] | None = None,
     timings: dict[str, float] | None = None,
+    devices: Sequence[torch.device] | None = None,
 ) -> pd.DataFrame:
     """``posting_id, matches`` for every row of ``split`` (or the first ``limit`` rows, whole
     groups on train); ``output`` is the experiments' root (default: the folder above
-    ``ensembles/``); ``tta`` as in ``embed_many``, ``text_dirs`` as in ``FoldRecord.build_model``.
+    ``ensembles/``); ``tta`` as in ``embed_many``, ``text_dirs`` as in ``FoldRecord.build_model``;
+    ``devices`` (default: every visible GPU, else the CPU) share the fold models.
     An image that will not open stops the run (``error``) or is replaced by a blank one
     (``blank``); ``skip`` is refused, since it would leave rows out of the submission."""
     if image_policy not in PREDICT_IMAGE_POLICIES:
@@ -171,9 +179,9 @@ def predict(
     if limit is not None:
         df = first_groups(df, limit)
     timings["read data"] = round(time.perf_counter() - started, 2)
-    device = default_device()
+    devices = list(devices) if devices else visible_devices()
     embeddings = ensemble_embeddings(
-        ensemble, records, df, device, image_policy, timings, tta=tta, text_dirs=text_dirs
+        ensemble, records, df, devices, image_policy, timings, tta=tta, text_dirs=text_dirs
     )
     started = time.perf_counter()
     pairs = match(
@@ -183,7 +191,7 @@ def predict(
         titles=df["title"].to_numpy(),
         phashes=df["image_phash"].to_numpy(),
         backend=backend,
-        device=device.type,
+        device=devices[0].type,
         timings=timings,
     )
     timings["match"] = round(time.perf_counter() - started, 2)

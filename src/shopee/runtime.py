@@ -36,6 +36,33 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def visible_devices() -> list[torch.device]:
+    """Every CUDA device (a Kaggle "GPU T4 x2" kernel has two), else the CPU."""
+    if torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [torch.device("cpu")]
+
+
+def parse_devices(spec: str | None) -> list[torch.device]:
+    """``cuda:0,cuda:1`` (or ``cpu``, ``cpu,cpu`` ...) as devices; None: ``visible_devices()``."""
+    if not spec:
+        return visible_devices()
+    devices = []
+    for name in spec.split(","):
+        try:
+            device = torch.device(name.strip())
+        except RuntimeError:
+            raise ConfigError(
+                f"--devices {spec}: {name.strip()!r} is not a device (cuda:0, cpu ...)"
+            ) from None
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
+            raise ConfigError(f"--devices {spec}: {device} is not available here")
+        devices.append(device)
+    return devices
+
+
 def pick_precision(amp: str, device: torch.device, capability: tuple[int, int] | None = None) -> str:
     """``bf16``, ``fp16`` or ``fp32`` for ``Config.amp`` on ``device`` (see the module doc).
 
