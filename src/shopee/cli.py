@@ -135,6 +135,39 @@ def _cmd_bench_match(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_bench_gpu(args: argparse.Namespace) -> None:
+    import torch
+
+    from shopee.bench.gpu import bench_gpu, print_bench_gpu
+    from shopee.runner import load_experiment
+
+    exp, cfg = load_experiment(args.exp)
+    if args.set:
+        cfg = cfg.with_overrides(args.set)
+    device = (
+        torch.device(args.device)
+        if args.device
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ShopeeError(
+            "bench gpu: no CUDA device here (use --device cpu to run the same steps on the CPU)"
+        )
+    result = bench_gpu(
+        cfg,
+        device,
+        image_size=args.image_size,
+        steps=args.steps,
+        embed_batches=args.embed_batches,
+        knn_rows=args.knn_rows,
+        knn_dim=args.knn_dim,
+        kernel=Path(args.kernel) if args.kernel else None,
+        data=find_data_dir(args.data) if args.kernel else None,
+        labels=Path(args.labels) if args.labels else None,
+    )
+    print_bench_gpu({"exp": exp, **result})
+
+
 def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
     from shopee.ensemble import optimize_ensemble
     from shopee.ensemble_file import read_ensemble, summary_table
@@ -485,6 +518,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     bench_embed.set_defaults(func=_cmd_bench_embed)
+    bench_gpu = bench_sub.add_parser(
+        "gpu",
+        help="the GPU check: training steps in every precision the card has, embedding throughput, "
+        "kNN backends against torch, optionally a kernel run; one JSON line",
+    )
+    bench_gpu.add_argument("--exp", default="exp001", help="experiment name or path [%(default)s]")
+    bench_gpu.add_argument("--device", default=None, help="cuda, cuda:1 or cpu [cuda]")
+    bench_gpu.add_argument("--image-size", type=_positive_int, default=256, help="[%(default)s]")
+    bench_gpu.add_argument(
+        "--steps", type=_positive_int, default=10, help="timed training steps [%(default)s]"
+    )
+    bench_gpu.add_argument("--embed-batches", type=_positive_int, default=10, help="[%(default)s]")
+    bench_gpu.add_argument("--knn-rows", type=_positive_int, default=70000, help="[%(default)s]")
+    bench_gpu.add_argument("--knn-dim", type=_positive_int, default=512, help="[%(default)s]")
+    bench_gpu.add_argument("--kernel", default=None, help="a built kernel folder to run here (run-kernel)")
+    bench_gpu.add_argument("--data", default=None, help=DATA_HELP)
+    bench_gpu.add_argument("--labels", default=None, help="test labels to score the kernel's submission")
+    bench_gpu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    bench_gpu.set_defaults(func=_cmd_bench_gpu)
     bench_match = bench_sub.add_parser(
         "match",
         help="matching speed on synthetic data: the rule's stages against bare top-k, post-processing; "
