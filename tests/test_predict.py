@@ -278,3 +278,35 @@ def test_two_devices_give_the_submission_of_one(
     assert placed[2:] == [("exp003/fold0", "cpu:0"), ("exp003/fold1", "cpu:1")]
     pd.testing.assert_frame_equal(one, two)
     assert (one["matches"].str.count(" ") > 0).any()
+
+
+def test_predict_follows_the_test_size(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    """The ensemble's thresholds are evaluated at the number of rows predicted, and printed;
+    --fixed-thresholds uses them as tuned."""
+    from shopee.ensemble_file import params_for_rows
+    from shopee.size_curve import describe
+
+    out, data = tuned
+    ensemble = read_ensemble(out / "ensembles" / "t.json")
+    assert ensemble["objective"] == "dense" and ensemble["size_curve"]["rows"]
+    n_test = len(pd.read_csv(data / "test.csv"))
+    argv = [
+        "predict",
+        "--ensemble",
+        str(out / "ensembles" / "t.json"),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "s.csv"),
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"matching with thresholds for {n_test} rows: {describe(params_for_rows(ensemble, n_test))}"
+        in printed
+    )
+    assert main([*argv, "--fixed-thresholds"]) == 0
+    assert (
+        f"fixed thresholds (tuned), on {n_test} rows: {describe(ensemble['params'])}"
+        in capsys.readouterr().out
+    )

@@ -183,6 +183,8 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
         objective=args.objective,
         backend=args.backend,
         blend_stages=args.blend_stages,
+        heldout_estimate=args.heldout,
+        by_size=args.by_size,
     )
     ensemble = read_ensemble(output / "ensembles" / f"{args.name}.json")
     print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -209,6 +211,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         tta=None if args.tta == "none" else args.tta,
         timings=timings,
         devices=parse_devices(args.devices),
+        by_size=not args.fixed_thresholds,
     )
     write_submission(submission, Path(args.out))
     print_timings(timings)
@@ -380,9 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--phash", action="store_true", help="image phash as a member")
     opt.add_argument(
         "--objective",
-        choices=("all", "fold"),
-        default="all",
-        help="maximize F1 across all OOF rows (denser, like the test) or within folds [%(default)s]",
+        choices=("dense", "fold", "all"),
+        default="dense",
+        help="maximize F1 on: dense (each fold's validation rows among its training rows too, at "
+        "train's density), fold (within each fold), all (all OOF rows, folds' spaces mixed) [%(default)s]",
+    )
+    opt.add_argument(
+        "--heldout",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the search once per left-out fold and report its F1 there [on]",
+    )
+    opt.add_argument(
+        "--by-size",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the thresholds against the number of rows, for predict to follow the test's size [on]",
     )
     opt.add_argument(
         "--blend-stages",
@@ -410,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PREDICT_IMAGE_POLICIES,
         default="blank",
         help="a test image that will not open: blank keeps the submission complete [%(default)s]",
+    )
+    pred.add_argument(
+        "--fixed-thresholds",
+        action="store_true",
+        help="use the thresholds as tuned, not the size curve evaluated at the number of rows",
     )
     pred.add_argument(
         "--devices",

@@ -109,6 +109,9 @@ class Config:
     # --- evaluation -----------------------------------------------------------------------------
     eval_k: int = K  # neighbours searched per row (itself included)
     eval_batch_size: int = 64
+    # Also embed the fold's training rows with the finished model (dense_<kind>.npy): the dense CV
+    # objective matches each validation row against them, at the density of the whole train set.
+    dense_oof: bool = True
     # --- debug runs (--debug) -------------------------------------------------------------------
     debug_batches: int = 3
     debug_image_size: int = 64

@@ -8,8 +8,11 @@
      "combined_sources": {"cat:txt": [{"source": "exp001:txt", "weight": 1.0}, ...]},
      "data": {"dir": ..., "oof_rows": ..., "train_sha256": ..., "folds_sha256": ...,
               "rows": ..., "n_folds": ...},   # what the folds were trained on (DataFingerprint)
-     "objective": "all", "cv_f1_all": ..., "cv_f1_fold": ..., "scores": {...},
-     "members": {...}, "steps": [...], "skipped": [...], "evaluations": ..., "seconds": ...}
+     "objective": "dense",           # the CV set the search maximized F1 on (shopee.scoring)
+     "cv_f1": ...,                   # its F1; cv_f1_dense, cv_f1_fold (cv_f1_all) beside it
+     "cv_f1_heldout": ...,           # the same search scored on folds it did not tune on
+     "size_curve": {...},            # thresholds against rows matched (shopee.size_curve) or null
+     "scores": {...}, "members": {...}, "steps": [...], "skipped": [...], ...}
 
 An embedding source is ``<exp>:<kind>`` (the fold models' embeddings of that kind, averaged over
 folds and re-normalized) or ``cat:<kind>`` (several such sources concatenated with weights, as
@@ -29,6 +32,7 @@ from shopee.atomic import write_json
 from shopee.errors import ShopeeError
 from shopee.folds import DataFingerprint
 from shopee.match import validate_params
+from shopee.size_curve import params_at_rows, tunables
 
 ENSEMBLE_FORMAT = 2
 COMBINED_PREFIX = "cat:"
@@ -92,8 +96,19 @@ def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
     for i, member in enumerate(params["members"]):
         if member["type"] == "embedding":
             _check_source(member["source"], experiments, combined, where, f"params.members[{i}].source")
-    _number(ensemble, "cv_f1_all", where)
-    _number(ensemble, "cv_f1_fold", where)
+    if ensemble.get("objective") not in ("dense", "fold", "all"):
+        _fail(where, "objective", f"expected dense, fold or all, got {ensemble.get('objective')!r}")
+    _number(ensemble, "cv_f1", where)
+    curve = ensemble.get("size_curve")
+    if curve is not None:
+        if not isinstance(curve, dict) or not isinstance(curve.get("fit"), dict):
+            _fail(where, "size_curve", "expected null or an object with its fit")
+        known = set(tunables(params))
+        for path, coefficients in curve["fit"].items():
+            if path not in known or not all(
+                isinstance(coefficients.get(k), numbers.Real) for k in ("a", "b", "min", "max")
+            ):
+                _fail(where, f"size_curve.fit.{path}", "not a tunable of the params with a, b, min, max")
     return {**ensemble, "params": params}
 
 
@@ -121,6 +136,13 @@ def write_ensemble(path: str | Path, ensemble: dict[str, Any]) -> None:
     write_json(path, validate_ensemble({"format": ENSEMBLE_FORMAT, **ensemble}, str(path)))
 
 
+def params_for_rows(ensemble: dict[str, Any], n: int, by_size: bool = True) -> dict[str, Any]:
+    """The matching params for a set of ``n`` rows: the size curve evaluated at ``n`` when the
+    ensemble has one (and ``by_size``), else the tuned params as they are."""
+    curve = ensemble.get("size_curve") if by_size else None
+    return validate_params(params_at_rows(ensemble["params"], curve, n))
+
+
 def ensemble_data(ensemble: dict[str, Any]) -> DataFingerprint:
     """The data the ensemble's folds were trained on."""
     return DataFingerprint.from_dict(ensemble["data"])
@@ -137,17 +159,14 @@ def embedding_sources(ensemble: dict[str, Any]) -> tuple[set[str], set[str]]:
 
 
 def summary_table(ensemble: dict[str, Any]) -> pd.DataFrame:
-    """F1, precision and recall after each rule the search added, within folds and on all rows."""
-    rows = [
-        {
-            "step": s["step"],
-            "F1 fold": s["fold"]["f1"],
-            "P fold": s["fold"]["precision"],
-            "R fold": s["fold"]["recall"],
-            "F1 all": s["all"]["f1"],
-            "P all": s["all"]["precision"],
-            "R all": s["all"]["recall"],
-        }
-        for s in ensemble.get("steps", [])
-    ]
+    """F1 after each rule the search added on every CV set scored, and the objective's precision
+    and recall."""
+    objectives = [o for o in ("dense", "fold", "all") if f"cv_f1_{o}" in ensemble]
+    main = ensemble["objective"]
+    rows = []
+    for s in ensemble.get("steps", []):
+        row: dict[str, Any] = {"step": s["step"]}
+        row.update({f"F1 {o}": s[o]["f1"] for o in objectives})
+        row.update({f"P {main}": s[main]["precision"], f"R {main}": s[main]["recall"]})
+        rows.append(row)
     return pd.DataFrame(rows)

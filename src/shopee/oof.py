@@ -15,6 +15,14 @@ from shopee.outputs import FoldRecord, finished_folds, fold_dir
 
 
 @dataclass
+class DenseFold:
+    """A fold's training rows as its own model embedded them (keys ``<exp>:<kind>``, float32)."""
+
+    index: pd.DataFrame  # posting_id, label_group
+    embeddings: dict[str, np.ndarray]
+
+
+@dataclass
 class OOFSet:
     """OOF rows of the folds every experiment finished, with each experiment's embeddings.
 
@@ -30,6 +38,12 @@ class OOFSet:
     data: DataFingerprint
     data_dir: str
     skipped: list[str] = field(default_factory=list)  # "exp003 fold 2: not finished" ...
+    dense: dict[int, DenseFold] = field(default_factory=dict)  # fold -> its training rows
+    dense_missing: list[str] = field(default_factory=list)  # folds without dense embeddings
+
+    @property
+    def has_dense(self) -> bool:
+        return bool(self.folds) and set(self.dense) == set(self.folds)
 
     @property
     def labels(self) -> np.ndarray:
@@ -73,8 +87,11 @@ def load_oof(output: str | Path, experiments: list[str], log=print) -> OOFSet:
     indexes: list[pd.DataFrame] = []
     arrays: dict[str, list[np.ndarray]] = {}
     first: FoldRecord | None = None
+    dense: dict[int, DenseFold] = {}
+    dense_missing: list[str] = []
     for fold in common:
         reference: pd.DataFrame | None = None
+        records = []
         for exp in experiments:
             record = FoldRecord.open(fold_dir(output, exp, fold))
             if record.upgrade():
@@ -97,12 +114,34 @@ def load_oof(output: str | Path, experiments: list[str], log=print) -> OOFSet:
                 )
             for kind in record.kinds:
                 arrays.setdefault(f"{exp}:{kind}", []).append(record.oof(kind, rows=len(index)))
+            records.append(record)
+        lacking = [r.name for r in records if not r.has_dense]
+        if lacking:
+            dense_missing += lacking
+        else:
+            dense[fold] = _dense_fold(records)
     index = pd.concat(indexes, ignore_index=True)
     if index["posting_id"].duplicated().any():
         raise ShopeeError("a posting_id appears in two folds' OOF rows: the folds overlap")
     embeddings = {key: np.concatenate(parts) for key, parts in arrays.items() if len(parts) == len(common)}
     assert first is not None
-    return OOFSet(index, embeddings, common, finished, first.data, first.data_dir, skipped)
+    for fold_set in dense.values():
+        fold_set.embeddings = {k: v for k, v in fold_set.embeddings.items() if k in embeddings}
+    return OOFSet(
+        index, embeddings, common, finished, first.data, first.data_dir, skipped, dense, dense_missing
+    )
+
+
+def _dense_fold(records: list[FoldRecord]) -> DenseFold:
+    """One fold's dense sets of several experiments, checked to hold the same rows."""
+    index = records[0].dense_index()
+    embeddings = {}
+    for record in records:
+        if record is not records[0] and not record.dense_index()["posting_id"].equals(index["posting_id"]):
+            raise ShopeeError(f"{record.path}: its dense rows differ from {records[0].path}'s")
+        for kind in record.kinds:
+            embeddings[f"{record.exp}:{kind}"] = record.dense(kind, rows=len(index))
+    return DenseFold(index, embeddings)
 
 
 def combined_embedding(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:

@@ -11,6 +11,9 @@ directory that looks finished. ``fold<k>/`` holds:
 - ``model.safetensors``: the model's weights;
 - ``oof_index.parquet`` (posting_id, label_group, fold) and ``oof_<kind>.npy`` for each
   embedding kind, row-aligned, L2-normalized float32;
+- with ``Config.dense_oof``: ``dense_index.parquet`` (posting_id, label_group: the fold's training
+  rows, every one of them) and ``dense_<kind>.npy``, the same model's embeddings of those rows,
+  L2-normalized float16: what the dense CV objective matches the validation rows against;
 - ``metrics.json`` (``finished``, ``kinds``, ``summary``, per-epoch ``epochs``) and ``train.log``.
 
 Everything else (OOF loading, ``predict``, the kernel bundle, summaries) reads a fold through
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 INDEX_FILE = "oof_index.parquet"
+DENSE_INDEX_FILE = "dense_index.parquet"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"
 MODEL_FILES = (CONFIG_FILE, MODEL_FILE)  # what rebuilding the model needs
@@ -62,6 +66,10 @@ def partial_dir(output: str | Path, exp: str, fold: int) -> Path:
 
 def oof_file(kind: str) -> str:
     return f"oof_{kind}.npy"
+
+
+def dense_file(kind: str) -> str:
+    return f"dense_{kind}.npy"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -249,6 +257,26 @@ class FoldRecord:
             raise ShopeeError(f"{path}: holds NaN or inf")
         return array
 
+    @property
+    def has_dense(self) -> bool:
+        """Whether the fold stored its model's embeddings of its training rows (every kind)."""
+        return (self.path / DENSE_INDEX_FILE).is_file() and all(
+            (self.path / dense_file(kind)).is_file() for kind in self.kinds
+        )
+
+    def dense_index(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / DENSE_INDEX_FILE)
+
+    def dense(self, kind: str, rows: int | None = None) -> np.ndarray:
+        """``dense_<kind>.npy`` as float32, checked like ``oof``."""
+        path = self.path / dense_file(kind)
+        array = np.load(path).astype(np.float32)
+        if rows is not None and len(array) != rows:
+            raise ShopeeError(f"{path}: {len(array)} rows for {rows} in {DENSE_INDEX_FILE}")
+        if not np.isfinite(array).all():
+            raise ShopeeError(f"{path}: holds NaN or inf")
+        return array
+
     # --- the model -------------------------------------------------------------------------------
     def build_model(
         self, device: torch.device | str = "cpu", text_dirs: Mapping[str, str | Path] | None = None
@@ -326,15 +354,25 @@ def write_fold(
     index: pd.DataFrame,
     embeddings: Mapping[str, np.ndarray],
     metrics: Mapping[str, Any],
+    dense_index: pd.DataFrame | None = None,
+    dense: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Everything but the weights and the log into ``work`` (the fold's ``.partial`` folder):
-    ``config.json`` (``meta``), the OOF index and arrays, ``metrics.json`` with ``finished`` and
-    ``kinds`` added. ``metrics.json`` goes last: a fold is finished only once it is written."""
+    ``config.json`` (``meta``), the OOF index and arrays, the dense ones when given,
+    ``metrics.json`` with ``finished`` and ``kinds`` added. ``metrics.json`` goes last: a fold is
+    finished only once it is written."""
     index = index[["posting_id", "label_group", "fold"]].reset_index(drop=True)
     save_index(work / INDEX_FILE, index)
     for kind, array in embeddings.items():
         if len(array) != len(index):
             raise ValueError(f"{kind}: {len(array)} embeddings for {len(index)} rows")
         save_array(work / oof_file(kind), np.asarray(array, dtype=np.float32))
+    if dense is not None and dense_index is not None:
+        dense_index = dense_index[["posting_id", "label_group"]].reset_index(drop=True)
+        save_index(work / DENSE_INDEX_FILE, dense_index)
+        for kind, array in dense.items():
+            if len(array) != len(dense_index):
+                raise ValueError(f"dense {kind}: {len(array)} embeddings for {len(dense_index)} rows")
+            save_array(work / dense_file(kind), np.asarray(array, dtype=np.float16))
     write_json(work / CONFIG_FILE, dict(meta))
     write_json(work / METRICS_FILE, {**metrics, "finished": True, "kinds": list(embeddings)})

@@ -23,7 +23,13 @@ from shopee.atomic import write_csv
 from shopee.constants import PREDICT_IMAGE_POLICIES
 from shopee.data import read_split
 from shopee.embed import embed_rows
-from shopee.ensemble_file import COMBINED_PREFIX, embedding_sources, ensemble_data, read_ensemble
+from shopee.ensemble_file import (
+    COMBINED_PREFIX,
+    embedding_sources,
+    ensemble_data,
+    params_for_rows,
+    read_ensemble,
+)
 from shopee.errors import ShopeeError
 from shopee.folds import train_sha256
 from shopee.match import match, matches_to_strings
@@ -31,6 +37,7 @@ from shopee.metrics import MatchScore, score_submission
 from shopee.oof import combined_embedding
 from shopee.outputs import FoldRecord, fold_dir
 from shopee.runtime import Runtime, visible_devices
+from shopee.size_curve import describe
 
 
 def ensemble_records(ensemble: dict[str, Any], output: Path) -> list[FoldRecord]:
@@ -155,11 +162,14 @@ def predict(
     text_dirs: Mapping[str, str | Path] | None = None,
     timings: dict[str, float] | None = None,
     devices: Sequence[torch.device] | None = None,
+    by_size: bool = True,
 ) -> pd.DataFrame:
     """``posting_id, matches`` for every row of ``split`` (or the first ``limit`` rows, whole
     groups on train); ``output`` is the experiments' root (default: the folder above
     ``ensembles/``); ``tta`` as in ``embed_many``, ``text_dirs`` as in ``FoldRecord.build_model``;
-    ``devices`` (default: every visible GPU, else the CPU) share the fold models.
+    ``devices`` (default: every visible GPU, else the CPU) share the fold models. With
+    ``by_size`` the thresholds are the ensemble's size curve evaluated at the number of rows
+    (``ensemble_file.params_for_rows``); they are printed.
     An image that will not open stops the run (``error``) or is replaced by a blank one
     (``blank``); ``skip`` is refused, since it would leave rows out of the submission."""
     if image_policy not in PREDICT_IMAGE_POLICIES:
@@ -183,9 +193,12 @@ def predict(
     embeddings = ensemble_embeddings(
         ensemble, records, df, devices, image_policy, timings, tta=tta, text_dirs=text_dirs
     )
+    params = params_for_rows(ensemble, len(df), by_size)
+    how = "thresholds for" if by_size and ensemble.get("size_curve") else "fixed thresholds (tuned), on"
+    print(f"matching with {how} {len(df)} rows: {describe(params)}", flush=True)
     started = time.perf_counter()
     pairs = match(
-        ensemble["params"],
+        params,
         len(df),
         embeddings=embeddings,
         titles=df["title"].to_numpy(),

@@ -1,8 +1,9 @@
 """The optimize-ensemble report: a table a person reads and the plots they look at.
 
-``<output>/ensembles/NAME/`` gets ``report.md`` (each member alone, each rule added in turn,
-F1 / precision / recall both ways) and PNG plots: F1 against threshold per member, similarity
-histograms of true and false candidate pairs, F1 by group size.
+``<output>/ensembles/NAME/`` gets ``report.md`` (the CV F1 of every objective, the held-out
+estimate and its gap, each member alone, each rule added in turn, the thresholds by size) and PNG
+plots: F1 against threshold per member, similarity histograms of true and false candidate pairs,
+F1 by group size, thresholds against the number of rows.
 """
 
 from __future__ import annotations
@@ -18,43 +19,90 @@ import numpy as np  # noqa: E402
 
 from shopee.constants import K  # noqa: E402
 from shopee.metrics import group_sizes  # noqa: E402
+from shopee.size_curve import value_at  # noqa: E402
 
 if TYPE_CHECKING:
-    from shopee.ensemble import Scorer, SearchResult
+    from shopee.ensemble import SearchResult
     from shopee.oof import OOFSet
+    from shopee.scoring import Scorer
+
+OBJECTIVE_WORDS = {
+    "dense": "validation rows matched among their fold's training rows too (train density)",
+    "fold": "within each fold's validation rows",
+    "all": "across all OOF rows (different folds' spaces mixed)",
+}
+TEST_ROWS = 70000  # the hidden test's size, for the thresholds-by-size table
+
+
+def _objectives(ensemble: dict[str, Any]) -> list[str]:
+    return [o for o in ("dense", "fold", "all") if f"cv_f1_{o}" in ensemble]
 
 
 def _markdown(ensemble: dict[str, Any]) -> str:
+    objectives = _objectives(ensemble)
     lines = [
         f"# Ensemble {ensemble['name']}",
         "",
         f"Experiments: {', '.join(f'{e} (folds {f})' for e, f in ensemble['experiments'].items())}; "
         f"{ensemble['data']['oof_rows']} OOF rows from {ensemble['data']['dir']}. Objective: "
-        f"`{ensemble['objective']}`. {ensemble['evaluations']} rules scored in {ensemble['seconds']} s.",
+        f"`{ensemble['objective']}` ({OBJECTIVE_WORDS[ensemble['objective']]}). "
+        f"{ensemble['evaluations']} rules scored in {ensemble['seconds']} s.",
         "",
-        f"**CV F1: {ensemble['cv_f1_fold']:.4f} within folds, "
-        f"{ensemble['cv_f1_all']:.4f} across all OOF rows.**",
+        "**CV F1: " + ", ".join(f"{ensemble[f'cv_f1_{o}']:.4f} {o}" for o in objectives) + ".**",
         "",
+    ]
+    if ensemble.get("cv_f1_heldout") is not None:
+        gap = ensemble["cv_f1"] - ensemble["cv_f1_heldout"]
+        folds = ", ".join(f"fold {k} {v:.4f}" for k, v in ensemble["heldout"]["folds"].items())
+        lines += [
+            f"**Held-out estimate: {ensemble['cv_f1_heldout']:.4f}** (the search run again without each "
+            f"fold and scored on it: {folds}); the tuned CV F1 is {gap:+.4f} above it, what tuning on the "
+            "same rows adds.",
+            "",
+        ]
+    lines += [
         "## Each member alone (best threshold)",
         "",
-        "| member | threshold | F1 within folds | F1 all rows |",
-        "|---|---|---|---|",
+        "| member | threshold | " + " | ".join(f"F1 {o}" for o in objectives) + " |",
+        "|---|---|" + "---|" * len(objectives),
     ]
-    for name, m in sorted(ensemble["members"].items(), key=lambda kv: -kv[1]["all"]):
-        lines.append(f"| {name} | {m['threshold']} | {m['fold']:.4f} | {m['all']:.4f} |")
+    main = ensemble["objective"]
+    for name, m in sorted(ensemble["members"].items(), key=lambda kv: -kv[1][main]):
+        lines.append(f"| {name} | {m['threshold']} | " + " | ".join(f"{m[o]:.4f}" for o in objectives) + " |")
     lines += [
         "",
         "## Each rule added in turn",
         "",
-        "| step | F1 fold | precision fold | recall fold | F1 all | precision all | recall all |",
-        "|---|---|---|---|---|---|---|",
+        "| step | " + " | ".join(f"F1 {o} | precision {o} | recall {o}" for o in objectives) + " |",
+        "|---|" + "---|---|---|" * len(objectives),
     ]
     for s in ensemble["steps"]:
-        f, a = s["fold"], s["all"]
-        lines.append(
-            f"| {s['step']} | {f['f1']:.4f} | {f['precision']:.4f} | {f['recall']:.4f} | "
-            f"{a['f1']:.4f} | {a['precision']:.4f} | {a['recall']:.4f} |"
+        cells = " | ".join(
+            f"{s[o]['f1']:.4f} | {s[o]['precision']:.4f} | {s[o]['recall']:.4f}" for o in objectives
         )
+        lines.append(f"| {s['step']} | {cells} |")
+    curve = ensemble.get("size_curve")
+    if curve:
+        lines += [
+            "",
+            "## Thresholds by size",
+            "",
+            "Re-tuned on nested subsets of the sets' groups, fitted as a + b ln(rows); `predict` evaluates "
+            f"the fit at its own row count (within the fitted range widened a little). Last column: the "
+            f"hidden test's {TEST_ROWS:,} rows.",
+            "",
+            "| value | "
+            + " | ".join(f"{n} rows" for n in curve["rows"])
+            + f" | a + b ln(n) | at {TEST_ROWS:,} |",
+            "|---|" + "---|" * (len(curve["rows"]) + 2),
+        ]
+        for path, values in curve["values"].items():
+            c = curve["fit"][path]
+            lines.append(
+                f"| {path} | "
+                + " | ".join(f"{v:g}" for v in values)
+                + f" | {c['a']:.3f} {c['b']:+.4f} ln(n) | {value_at(curve, path, TEST_ROWS):g} |"
+            )
     lines += [
         "",
         "## Plots",
@@ -66,6 +114,8 @@ def _markdown(ensemble: dict[str, Any]) -> str:
         "![F1 by group size](f1_by_group_size.png)",
         "",
     ]
+    if curve:
+        lines += ["![Thresholds by size](thresholds_by_size.png)", ""]
     for skipped in ensemble.get("skipped", []):
         lines.append(f"* skipped: {skipped}")
     return "\n".join(lines) + "\n"
@@ -73,18 +123,23 @@ def _markdown(ensemble: dict[str, Any]) -> str:
 
 def _plot_curves(result: SearchResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
+    styles = {"dense": "-", "fold": "--", "all": ":"}
     for name, alone in result.alone.items():
         curve = alone.get("curve")
-        if curve:
-            ax.plot(curve["threshold"], curve["all"], label=f"{name} (all rows)")
-            ax.plot(
-                curve["threshold"],
-                curve["fold"],
-                linestyle="--",
-                color=ax.lines[-1].get_color(),
-                label=f"{name} (within folds)",
-            )
-    ax.set_xlabel("cosine threshold")
+        if not curve:
+            continue
+        color = None
+        for objective, style in styles.items():
+            if objective in curve:
+                (line,) = ax.plot(
+                    curve["threshold"],
+                    curve[objective],
+                    linestyle=style,
+                    color=color,
+                    label=f"{name} ({objective})",
+                )
+                color = line.get_color()
+    ax.set_xlabel("threshold")
     ax.set_ylabel("F1")
     ax.set_title("F1 of each member alone against its threshold")
     ax.grid(alpha=0.3)
@@ -94,21 +149,26 @@ def _plot_curves(result: SearchResult, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_histograms(result: SearchResult, scorer: Scorer, path: Path) -> None:
+def _plot_histograms(result: SearchResult, scorer: Scorer, objective: str, path: Path) -> None:
     members = [a["member"] for a in result.alone.values() if a["member"]["type"] != "phash"]
-    fig, axes = plt.subplots(len(members), 1, figsize=(8, 2.4 * max(len(members), 1)), squeeze=False)
-    labels = scorer.labels
-    for ax, member in zip(axes[:, 0], members, strict=True):
-        pairs = scorer.candidates(member, "all")
-        same = labels[pairs.rows] == labels[pairs.cols]
-        bins = np.linspace(min(0.0, float(pairs.sims.min(initial=0))), 1.0, 60)
-        ax.hist(pairs.sims[~same], bins=bins, alpha=0.6, label="different products", color="tab:red")
-        ax.hist(pairs.sims[same], bins=bins, alpha=0.6, label="same product", color="tab:green")
+    fig, axes = plt.subplots(max(len(members), 1), 1, figsize=(8, 2.4 * max(len(members), 1)), squeeze=False)
+    for ax, member in zip(axes[:, 0], members, strict=False):
+        sims, same = [], []
+        for universe in scorer.of(objective):
+            pairs = scorer.candidates(member, universe)
+            if universe.scored is not None:  # pairs from the scored rows only
+                pairs = pairs.select(np.isin(pairs.rows, universe.scored))
+            sims.append(pairs.sims)
+            same.append(universe.labels[pairs.rows] == universe.labels[pairs.cols])
+        sims_all, same_all = np.concatenate(sims), np.concatenate(same)
+        bins = np.linspace(min(0.0, float(sims_all.min(initial=0))), 1.0, 60)
+        ax.hist(sims_all[~same_all], bins=bins, alpha=0.6, label="different products", color="tab:red")
+        ax.hist(sims_all[same_all], bins=bins, alpha=0.6, label="same product", color="tab:green")
         ax.axvline(
             member["threshold"], color="black", linestyle=":", label=f"threshold {member['threshold']}"
         )
         ax.set_title(
-            f"{member['name']}: similarity of candidate pairs (top 50 per row, all rows)", fontsize=9
+            f"{member['name']}: similarity of candidate pairs (top 50 per row, {objective} sets)", fontsize=9
         )
         ax.set_yscale("log")
         ax.legend(fontsize=7)
@@ -117,9 +177,9 @@ def _plot_histograms(result: SearchResult, scorer: Scorer, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_group_sizes(result: SearchResult, labels: np.ndarray, path: Path) -> None:
-    sizes = group_sizes(labels)
-    f1 = result.scores.rows_all.f1
+def _plot_group_sizes(result: SearchResult, labels: np.ndarray, objective: str, path: Path) -> None:
+    sizes = group_sizes(labels)  # within the OOF rows: each group lies wholly in one fold
+    f1 = result.scores.rows[objective].f1
     buckets = [(2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, K)]
     names, means, counts = [], [], []
     for lo, hi in buckets:
@@ -140,8 +200,28 @@ def _plot_group_sizes(result: SearchResult, labels: np.ndarray, path: Path) -> N
         )
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("group size")
-    ax.set_ylabel("mean F1 (final rule, all rows)")
+    ax.set_ylabel(f"mean F1 (final rule, {objective})")
     ax.set_title("F1 by group size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_size_curve(curve: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs = np.geomspace(min(curve["rows"]) / 2, TEST_ROWS, 60)
+    for name, values in curve["values"].items():
+        if name.endswith(".max_distance"):
+            continue  # bits, another scale
+        (line,) = ax.plot(curve["rows"], values, "o", label=name)
+        ax.plot(xs, [value_at(curve, name, int(x)) for x in xs], "-", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("rows matched (log)")
+    ax.set_ylabel("threshold")
+    ax.axvline(TEST_ROWS, color="grey", linestyle=":", label=f"hidden test ({TEST_ROWS:,})")
+    ax.set_title("Thresholds re-tuned on subsets (points) and their fit a + b ln(n)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -153,8 +233,11 @@ def write_report(
     """Write ``report.md`` and the PNG plots into ``folder`` (replaced as a whole)."""
     from shopee.atomic import atomic_dir
 
+    objective = ensemble["objective"]
     with atomic_dir(folder, overwrite=True) as tmp:
         (tmp / "report.md").write_text(_markdown(ensemble), encoding="utf-8")
         _plot_curves(result, tmp / "f1_threshold.png")
-        _plot_histograms(result, scorer, tmp / "similarity_hist.png")
-        _plot_group_sizes(result, oof.labels, tmp / "f1_by_group_size.png")
+        _plot_histograms(result, scorer, objective, tmp / "similarity_hist.png")
+        _plot_group_sizes(result, oof.labels, objective, tmp / "f1_by_group_size.png")
+        if ensemble.get("size_curve"):
+            _plot_size_curve(ensemble["size_curve"], tmp / "thresholds_by_size.png")

@@ -48,6 +48,7 @@ class FoldData:
     train_labels: np.ndarray  # class index 0..n_classes-1 per training row
     n_classes: int
     fingerprint: DataFingerprint  # of the whole train split and its folds
+    dense: pd.DataFrame  # every row of the other folds (dense OOF: embedded once trained)
     skipped: int = 0  # training rows left out for unusable images (image_policy "skip")
 
 
@@ -83,9 +84,10 @@ def load_fold_data(cfg: Config, data_dir: Path, fold: int, debug: bool) -> FoldD
         usable = train["image_ok"].to_numpy(dtype=bool)
         skipped = int((in_training & ~usable).sum())
         in_training &= usable
+    dense = train.loc[folds != fold].reset_index(drop=True)
     trn = train.loc[in_training].reset_index(drop=True)
     codes, uniques = pd.factorize(trn["label_group"])
-    return FoldData(trn, valid, codes.astype(np.int64), len(uniques), fingerprint, skipped)
+    return FoldData(trn, valid, codes.astype(np.int64), len(uniques), fingerprint, dense, skipped)
 
 
 class Logger:
@@ -239,6 +241,22 @@ def train_fold(
     if not embeddings:  # resumed after the last epoch: embed once more from the checkpoint
         embeddings = embed_valid()
 
+    dense: dict[str, np.ndarray] | None = None
+    dense_seconds = None
+    if cfg.dense_oof:
+        dense_started = time.perf_counter()
+        dense_loader = make_loader(
+            dataset_for(cfg, model, data.dense),
+            cfg.eval_batch_size,
+            num_workers=cfg.num_workers,
+            pin_memory=runtime.pin_memory,
+        )
+        (dense,) = embed_many(
+            [model], dense_loader, runtime, desc="training rows", log=log, log_with_bar=log.file
+        )
+        dense_seconds = round(time.perf_counter() - dense_started, 1)
+        log(f"dense OOF: embedded the fold's {len(data.dense)} training rows in {dense_seconds:.0f} s")
+
     # this run's time (after a resume: since the resume)
     summary = _summary(exp, fold, history[-1]["scores"], time.perf_counter() - started)
     with atomic_path(work / MODEL_FILE) as tmp:
@@ -263,7 +281,15 @@ def train_fold(
         meta=meta,
         index=data.valid,
         embeddings=embeddings,
-        metrics={"exp": exp, "fold": fold, "summary": summary, "epochs": history},
+        metrics={
+            "exp": exp,
+            "fold": fold,
+            "summary": summary,
+            "epochs": history,
+            "dense_seconds": dense_seconds,
+        },
+        dense_index=data.dense,
+        dense=dense,
     )
     checkpoint_path.unlink(missing_ok=True)
     replace_dir(work, final)

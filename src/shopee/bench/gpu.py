@@ -97,8 +97,8 @@ def train_steps(
         "precision": precision,
         "samples_per_s": round(cfg.batch_size * steps / seconds, 1),
         "peak_mb": _peak_mb(device),
-        "loss": round(float(loss), 4),
-        "finite": bool(torch.isfinite(loss)),
+        "loss": round(float(loss.detach()), 4),
+        "finite": bool(torch.isfinite(loss.detach())),
     }
 
 

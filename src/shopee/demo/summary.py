@@ -16,6 +16,7 @@ from shopee.outputs import FoldRecord, fold_dir
 def demo_summary(ensemble_path: Path, submission: Path, labels: Path, kernel: Path) -> dict:
     """Print the summary table and return its figures."""
     ensemble = read_ensemble(ensemble_path)
+    objective = ensemble["objective"]
     output = ensemble_path.resolve().parent.parent
     rows = []
     for exp, folds in ensemble["experiments"].items():
@@ -27,12 +28,23 @@ def demo_summary(ensemble_path: Path, submission: Path, labels: Path, kernel: Pa
                     {"step": f"{exp} fold {fold} ({s['kind']})", "F1": s["cv_f1"], "on": "its fold (CV)"}
                 )
     for step in ensemble["steps"]:
-        rows.append({"step": f"ensemble: {step['step']}", "F1": step["all"]["f1"], "on": "all OOF rows (CV)"})
+        rows.append(
+            {"step": f"ensemble: {step['step']}", "F1": step[objective]["f1"], "on": f"CV, {objective}"}
+        )
+    if ensemble.get("cv_f1_heldout") is not None:
+        rows.append(
+            {"step": "ensemble: held-out estimate", "F1": ensemble["cv_f1_heldout"], "on": "folds left out"}
+        )
     test, n_labels = score_files(submission, labels)
     rows.append({"step": "kernel submission", "F1": test.f1, "on": f"demo test ({n_labels} rows)"})
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"kernel: {kernel} (notebook) and {kernel}-dataset (its Kaggle dataset)")
-    result = {"cv_f1": ensemble["cv_f1_all"], "test_f1": test.f1, "kernel": str(kernel)}
+    result = {
+        "cv_f1": ensemble["cv_f1"],
+        "cv_f1_heldout": ensemble.get("cv_f1_heldout"),
+        "test_f1": test.f1,
+        "kernel": str(kernel),
+    }
     print(json.dumps(result))
     return result

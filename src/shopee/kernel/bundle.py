@@ -175,7 +175,7 @@ class Bundle:
     def describe(self) -> str:
         m = self.manifest
         return (
-            f"kernel {m['slug']}: ensemble {m['ensemble']} (CV F1 {m['cv_f1_all']:.4f}), built "
+            f"kernel {m['slug']}: ensemble {m['ensemble']} (CV F1 {m['cv_f1']:.4f}, {m['objective']}), built "
             f"{m['built_at']} from commit {m['git_commit']}; {len(m['folds'])} fold models "
             f"({', '.join(m['folds'])}); {len(m['files'])} files, {size_mib(m):.1f} MiB"
         )

@@ -120,6 +120,12 @@ def make_notebook(
 ) -> nbformat.NotebookNode:
     """The notebook for the kernel described by ``info`` (the manifest's build fields); ``wheels``
     are the names of the bundled wheels (the environment check counts on them)."""
+    heldout = f"{info['cv_f1_heldout']:.4f}" if info.get("cv_f1_heldout") is not None else "not computed"
+    thresholds = (
+        "follow the test's row count (the size curve; the notebook prints them)"
+        if info.get("by_size")
+        else "as tuned"
+    )
     intro = f"""\
 # {info["title"]}
 
@@ -127,7 +133,8 @@ Submission notebook for Kaggle's *Shopee - Price Match Guarantee*, built by
 `python -m shopee build-kernel` from the ensemble **{info["ensemble"]}** at commit
 `{info["git_commit"]}` on {info["built_at"]}.
 
-* Ensemble CV F1 {info["cv_f1_all"]:.4f} on all out-of-fold rows, {info["cv_f1_fold"]:.4f} within folds.
+* Ensemble CV F1 {info["cv_f1"]:.4f} ({info["objective"]} objective), held-out estimate {heldout}.
+* Thresholds: {thresholds}.
 * Fold models: {", ".join(folds)}; matching members: {", ".join(info["members"])}.
 * Inputs: the competition data and the dataset `{dataset}` (internet off).
 * Accelerator: {info["accelerator"]}; the fold models are spread over every GPU it has.

@@ -8,8 +8,11 @@ from shopee.match.pairs import Pairs
 from shopee.metrics import group_sizes
 
 
-def f1_by_threshold(pairs: Pairs, labels: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Mean competition F1 when each row predicts itself plus its candidates >= each threshold.
+def f1_by_threshold(
+    pairs: Pairs, labels: np.ndarray, thresholds: np.ndarray, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Mean competition F1 when each row predicts itself plus its candidates >= each threshold
+    (over ``rows`` only, when given: the rows that are scored).
 
     One pass per threshold over the pair list; nothing dense in n.
     """
@@ -21,5 +24,6 @@ def f1_by_threshold(pairs: Pairs, labels: np.ndarray, thresholds: np.ndarray) ->
         keep = pairs.sims >= threshold
         predicted = 1 + np.bincount(pairs.rows[keep], minlength=pairs.n)
         hits = 1 + np.bincount(pairs.rows[keep & hit], minlength=pairs.n)
-        scores[i] = float(np.mean(2 * hits / (predicted + true)))
+        f1 = 2 * hits / (predicted + true)
+        scores[i] = float(np.mean(f1 if rows is None else f1[rows]))
     return scores
