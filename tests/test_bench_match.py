@@ -93,3 +93,28 @@ def test_bench_match_search_reports_what_its_params_score(capsys: pytest.Capture
 def test_bench_match_rejects_tiny_inputs(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "match", "--n", "1", "--dim", "8"]) == 2
     assert "--n must be at least 2" in capsys.readouterr().err
+
+
+def test_bench_density_tunes_on_a_subset_and_scores_on_other_groups(
+    small_demo_dir, text_dir, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "density", "--data", str(small_demo_dir), "--work", str(tmp_path), "--exp", "exp003"]
+    argv += ["--tune-rows", "60", "--sizes", "20,40", "--folds", "0", "--no-phash"]
+    argv += ["--set", f"text_model={text_dir}", "--set", "text_pretrained=false", "--set", "epochs=1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    source = pd.read_csv(small_demo_dir / "train.csv", dtype=str)
+    tuning = pd.read_csv(tmp_path / "tune-data" / "train.csv", dtype=str)
+    # whole groups, none of them among the rows it is scored on
+    assert tuning["label_group"].value_counts().to_dict() == {
+        g: n for g, n in source["label_group"].value_counts().items() if g in set(tuning["label_group"])
+    }
+    assert result["tune_rows"] == len(tuning) <= 60 and result["pool_rows"] == len(source) - len(tuning)
+    assert set(result["table"]) == {
+        "fixed, fold-tuned",
+        "fixed, dense-tuned",
+        "size-following",
+        "best at this size",
+    }
+    for row in result["table"].values():
+        assert len(row) == 2 and all(0 < cell["f1"] <= 1 for cell in row.values())

@@ -168,6 +168,31 @@ def _cmd_bench_gpu(args: argparse.Namespace) -> None:
     print_bench_gpu({"exp": exp, **result})
 
 
+def _cmd_bench_density(args: argparse.Namespace) -> None:
+    from shopee.bench.density import bench_density
+    from shopee.runner import load_experiment
+
+    exp, cfg = load_experiment(args.exp)
+    if args.set:
+        cfg = cfg.with_overrides(args.set)
+    try:
+        sizes = tuple(int(v) for v in args.sizes.split(","))
+        folds = tuple(int(v) for v in args.folds.split(","))
+    except ValueError:
+        raise ShopeeError("--sizes and --folds take comma-separated integers") from None
+    bench_density(
+        find_data_dir(args.data),
+        exp,
+        cfg,
+        Path(args.work),
+        tune_rows=args.tune_rows,
+        sizes=sizes,
+        folds=folds,
+        tfidf=args.tfidf,
+        phash=args.phash,
+    )
+
+
 def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
     from shopee.ensemble import optimize_ensemble
     from shopee.ensemble_file import read_ensemble, summary_table
@@ -558,6 +583,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench_gpu.add_argument("--labels", default=None, help="test labels to score the kernel's submission")
     bench_gpu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     bench_gpu.set_defaults(func=_cmd_bench_gpu)
+    bench_density = bench_sub.add_parser(
+        "density",
+        help="thresholds tuned on a subset's folds (fixed, dense, size-following) against the best ones on "
+        "larger sets of other groups",
+    )
+    bench_density.add_argument(
+        "--data", default=None, help=DATA_HELP + "; a large demo, e.g. --n-train 25000"
+    )
+    bench_density.add_argument("--exp", default="exp003", help="experiment name or path [%(default)s]")
+    bench_density.add_argument(
+        "--work", default="output/bench-density", help="its own output folder [%(default)s]"
+    )
+    bench_density.add_argument("--tune-rows", type=_positive_int, default=5000, help="[%(default)s]")
+    bench_density.add_argument("--sizes", default="5000,10000,20000", help="evaluation sizes [%(default)s]")
+    bench_density.add_argument("--folds", default="0,1", help="folds trained on the subset [%(default)s]")
+    bench_density.add_argument("--tfidf", action=argparse.BooleanOptionalAction, default=True, help="[on]")
+    bench_density.add_argument("--phash", action=argparse.BooleanOptionalAction, default=True, help="[on]")
+    bench_density.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
+    bench_density.set_defaults(func=_cmd_bench_density)
     bench_match = bench_sub.add_parser(
         "match",
         help="matching speed on synthetic data: the rule's stages against bare top-k, post-processing; "

@@ -310,6 +310,9 @@ def size_curve(
     rows, values = [], {path: [] for path in tunables(params)}
     for fraction in SIZE_FRACTIONS:
         subsets = [_group_subset(u, fraction, seed + (u.fold or 0)) for u in universes]
+        if not any(u.n_scored for u in subsets):
+            log(f"  {fraction:>4.0%} of the groups: no validation row left, skipped")
+            continue
         sub = scorer.restricted(subsets)
         sub.floors = {name: floor - FLOOR_MARGIN for name, floor in scorer.floors.items()}
         tuned, scores = refine(sub, copy.deepcopy(params), objective)
@@ -318,6 +321,9 @@ def size_curve(
         for path in values:
             values[path].append(get_value(tuned, path))
         log(f"  {fraction:>4.0%} of the groups, {n} rows: F1 {scores.value(objective):.4f}")
+    if len(rows) < 2:
+        log("  too few subsets for a fit: the thresholds stay as tuned")
+        return None
     return fit(rows, values)
 
 

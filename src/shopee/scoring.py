@@ -160,7 +160,9 @@ def _concat(parts: Sequence[RowScores]) -> RowScores:
 
 
 def aggregate(objective: str, parts: Sequence[RowScores]) -> MatchScore:
-    """``fold``: the mean over folds of their mean (as before); others: the mean over rows."""
+    """``fold``: the mean over folds of their mean (as before); others: the mean over rows. Sets
+    without a scored row (a small subset may keep none of a fold's validation rows) count for none."""
+    parts = [p for p in parts if len(p.f1)] or parts
     if objective == "fold":
         means = [p.mean() for p in parts]
         return MatchScore(
@@ -242,6 +244,8 @@ class Scorer:
         """F1 of one member alone against its threshold for ``objective`` (one pass per universe)."""
         curves, weights = [], []
         for u in self.of(objective):
+            if u.n_scored == 0:
+                continue
             curves.append(f1_by_threshold(self.candidates(member, u), u.labels, grid, rows=u.scored))
             weights.append(u.n_scored)
         if objective == "fold":
