@@ -118,3 +118,14 @@ def test_bench_density_tunes_on_a_subset_and_scores_on_other_groups(
     }
     for row in result["table"].values():
         assert len(row) == 2 and all(0 < cell["f1"] <= 1 for cell in row.values())
+
+
+def test_bench_match_pair_model_times_the_second_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "match", "--pair-model", "--n", "1500", "--dim", "32", "--train-rows", "1200"]
+    assert main(argv) == 0
+    result = _last_json(capsys)
+    stage = result["pair_model"]
+    assert result["pair_model_s"] == stage["pair_model_s"] and result["peak_mb"] >= stage["peak_rss_mb"] > 0
+    assert set(stage["stages_s"]) == {"pairs:candidates", "pairs:features", "pairs:predict"}
+    assert sum(stage["stages_s"].values()) == pytest.approx(stage["pair_model_s"], abs=0.05)
+    assert stage["f1"] > 0.5  # the synthetic groups are found (a broken stage scores about 0.45)

@@ -370,3 +370,31 @@ def test_the_kaggle_cli_accepts_what_it_would_upload(
     assert {"shopee.zip", "models.zip", "pretrained.zip", "ensemble.json", MANIFEST} <= set(sent["uploads"])
     assert "dataset-metadata.json" not in sent["uploads"]
     assert {f.token for f in dataset.files} == {f"token-{name}" for name in sent["uploads"]}
+
+
+def test_a_kernel_with_a_pair_model_runs_offline_and_equals_predict(trained, tmp_path: Path, capsys) -> None:
+    out, data = trained
+    argv = ["optimize-ensemble", "exp001", "--data", str(data), "--output", str(out), "--name", "pm"]
+    printed = _run(
+        [*argv, "--tfidf", "--phash", "--blend-stages", "0", "--pair-model", "--no-by-size"], capsys
+    )
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert 0 < summary["cv_f1_pair_model"] <= 1 and 0 < summary["cv_f1_pair_model_heldout"] <= 1
+    ensemble = json.loads((out / "ensembles" / "pm.json").read_text())
+    assert (out / "ensembles" / ensemble["pair_model"]["file"]).is_file()
+    assert "Pair model (second stage)" in (out / "ensembles" / "pm" / "report.md").read_text()
+
+    kernels = tmp_path / "kernels"
+    build = ["build-kernel", "--ensemble", str(out / "ensembles" / "pm.json"), "--name", "shopee-pm"]
+    _run([*build, "--user", "tester", "--out", str(kernels)], capsys)
+    dataset = kernels / "shopee-pm-dataset"
+    assert (dataset / "pm.pairs.txt").is_file()
+    notebook = _run(
+        ["run-kernel", str(kernels / "shopee-pm"), "--data", str(data), "--work", str(tmp_path / "run")],
+        capsys,
+    )
+    assert "matching with the pair model on" in notebook and "lightgbm" in notebook
+    cli = tmp_path / "cli.csv"
+    bundled = ["--ensemble", str(dataset / "ensemble.json"), "--output", str(dataset / "models")]
+    _run(["predict", *bundled, "--data", str(data), "--out", str(cli)], capsys)
+    assert (tmp_path / "run" / "working" / "submission.csv").read_text() == cli.read_text()

@@ -76,7 +76,7 @@ def test_user_from_flag_env_or_kaggle_json(tmp_path: Path, monkeypatch) -> None:
 
 def test_kernel_minimums_are_the_kaggle_environment_pins() -> None:
     """The versions the notebook insists on are exactly those make kaggle-check runs it on."""
-    from shopee.kernel.environment import MINIMUM_VERSIONS
+    from shopee.kernel.environment import MINIMUM_VERSIONS, PAIR_MODEL_MINIMUMS
 
     pins = {}
     for line in (Path(__file__).resolve().parents[1] / "requirements-kaggle.txt").read_text().splitlines():
@@ -84,7 +84,7 @@ def test_kernel_minimums_are_the_kaggle_environment_pins() -> None:
         if line:
             name, _, version = line.partition("==")
             pins[name.lower()] = version
-    for dist, version in MINIMUM_VERSIONS.items():
+    for dist, version in {**MINIMUM_VERSIONS, **PAIR_MODEL_MINIMUMS}.items():
         assert pins.get(dist.lower()) == version, dist
 
 

@@ -128,6 +128,8 @@ def _cmd_bench_match(args: argparse.Namespace) -> None:
         args.n,
         args.dim,
         search=args.search,
+        pair_model=args.pair_model,
+        train_rows=args.train_rows,
         search_rows=args.search_rows,
         blend_stages=args.blend_stages,
         seed=args.seed,
@@ -210,6 +212,7 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
         blend_stages=args.blend_stages,
         heldout_estimate=args.heldout,
         by_size=args.by_size,
+        pair_model=args.pair_model,
     )
     ensemble = read_ensemble(output / "ensembles" / f"{args.name}.json")
     print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -420,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the search once per left-out fold and report its F1 there [on]",
     )
     opt.add_argument(
+        "--pair-model",
+        action="store_true",
+        help="train a second stage: LightGBM on candidate pairs of the dense sets; predict then uses it",
+    )
+    opt.add_argument(
         "--by-size",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -612,6 +620,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_match.add_argument("--n", type=int, default=70000, help="synthetic postings [%(default)s]")
     bench_match.add_argument("--dim", type=int, default=512, help="embedding dimensions [%(default)s]")
     bench_match.add_argument("--search", action="store_true", help="time the threshold search on OOF rows")
+    bench_match.add_argument(
+        "--pair-model",
+        action="store_true",
+        help="time the second stage (candidates, features, LightGBM) on --n rows",
+    )
+    bench_match.add_argument(
+        "--train-rows",
+        type=_positive_int,
+        default=6000,
+        help="synthetic rows the pair model trains on [%(default)s]",
+    )
     bench_match.add_argument(
         "--search-rows", type=int, default=34000, help="OOF rows for --search [%(default)s]"
     )

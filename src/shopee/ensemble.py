@@ -341,6 +341,7 @@ def optimize_ensemble(
     blend_stages: int = 2,
     heldout_estimate: bool = True,
     by_size: bool = True,
+    pair_model: bool = False,
 ) -> dict[str, Any]:
     """Load the experiments' OOF, search the params, write ``<output>/ensembles/NAME.json`` and
     the report folder; returns the summary printed as the last line."""
@@ -350,6 +351,10 @@ def optimize_ensemble(
     started = time.perf_counter()
     if objective not in OBJECTIVES:
         raise ShopeeError(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if pair_model:
+        from shopee.pairwise.model import _lightgbm
+
+        _lightgbm()  # fail before any work
     oof = load_oof(output, experiments, log=lambda line: print(line, flush=True))
     for note in oof.skipped:
         print(f"skipped: {note}", flush=True)
@@ -391,6 +396,32 @@ def optimize_ensemble(
     if heldout_estimate:
         print("held-out estimate (the search again without each fold, scored on it):", flush=True)
         held = heldout(scorer, pool, objective, blend_stages, lambda line: print(line, flush=True))
+    pairs = None
+    if pair_model:
+        if not oof.has_dense:
+            raise ShopeeError(
+                "--pair-model: trains on the dense CV sets; some folds have no dense embeddings"
+            )
+        from shopee.pairwise.model import train_pair_model
+
+        print(
+            "pair model (LightGBM on candidate pairs of the dense sets, out-of-fold by outer fold):",
+            flush=True,
+        )
+        pairs = train_pair_model(
+            scorer.of("dense"),
+            result.params,
+            output / "ensembles" / f"{name}.pairs.txt",
+            lambda line: print(line, flush=True),
+            backend=backend,
+            device=device,
+        )
+        print(
+            f"  pair model: CV F1 {pairs['cv_f1']:.4f} (held-out {pairs['cv_f1_heldout']:.4f}) at "
+            f"probability >= {pairs['threshold']}, min2 {pairs['min2']}; thresholds alone "
+            f"{scores.value('dense'):.4f}",
+            flush=True,
+        )
     curve = None
     if by_size:
         print(f"thresholds by size ({objective} sets, nested subsets of their groups):", flush=True)
@@ -405,6 +436,7 @@ def optimize_ensemble(
         "cv_f1_heldout": held["f1"] if held else None,
         "heldout": held,
         "size_curve": curve,
+        "pair_model": pairs,
         "scores": scores.as_dict(),
         "members": {
             n: {"threshold": a["threshold"], **{o: a[o] for o in scorer.objectives}}
@@ -428,6 +460,11 @@ def optimize_ensemble(
         "cv_f1": ensemble["cv_f1"],
         **{f"cv_f1_{o}": scores.value(o) for o in scorer.objectives},
         "cv_f1_heldout": ensemble["cv_f1_heldout"],
+        **(
+            {"cv_f1_pair_model": pairs["cv_f1"], "cv_f1_pair_model_heldout": pairs["cv_f1_heldout"]}
+            if pairs
+            else {}
+        ),
         "members": {n: a[objective] for n, a in result.alone.items()},
     }
 

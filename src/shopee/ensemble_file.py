@@ -12,6 +12,8 @@
      "cv_f1": ...,                   # its F1; cv_f1_dense, cv_f1_fold (cv_f1_all) beside it
      "cv_f1_heldout": ...,           # the same search scored on folds it did not tune on
      "size_curve": {...},            # thresholds against rows matched (shopee.size_curve) or null
+     "pair_model": {...},            # the second stage (shopee.pairwise.model) or null: its model
+                                     # file beside this one, features, floors, thresholds, CV F1
      "scores": {...}, "members": {...}, "steps": [...], "skipped": [...], ...}
 
 An embedding source is ``<exp>:<kind>`` (the fold models' embeddings of that kind, averaged over
@@ -109,6 +111,13 @@ def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
                 isinstance(coefficients.get(k), numbers.Real) for k in ("a", "b", "min", "max")
             ):
                 _fail(where, f"size_curve.fit.{path}", "not a tunable of the params with a, b, min, max")
+    pairs = ensemble.get("pair_model")
+    if pairs is not None:
+        needed = ("file", "features", "params", "floors", "threshold", "min2", "cv_f1")
+        if not isinstance(pairs, dict) or any(key not in pairs for key in needed):
+            _fail(where, "pair_model", f"expected null or an object with {', '.join(needed)}")
+        if Path(str(pairs["file"])).name != pairs["file"]:
+            _fail(where, "pair_model.file", "expected a file name beside the ensemble file")
     return {**ensemble, "params": params}
 
 
@@ -141,6 +150,12 @@ def params_for_rows(ensemble: dict[str, Any], n: int, by_size: bool = True) -> d
     ensemble has one (and ``by_size``), else the tuned params as they are."""
     curve = ensemble.get("size_curve") if by_size else None
     return validate_params(params_at_rows(ensemble["params"], curve, n))
+
+
+def pair_model_path(ensemble_path: str | Path, ensemble: dict[str, Any]) -> Path | None:
+    """Where the ensemble's pair model lies (beside its file), or None without one."""
+    pairs = ensemble.get("pair_model")
+    return Path(ensemble_path).parent / pairs["file"] if pairs else None
 
 
 def ensemble_data(ensemble: dict[str, Any]) -> DataFingerprint:

@@ -27,6 +27,7 @@ from shopee.ensemble_file import (
     COMBINED_PREFIX,
     embedding_sources,
     ensemble_data,
+    pair_model_path,
     params_for_rows,
     read_ensemble,
 )
@@ -193,20 +194,26 @@ def predict(
     embeddings = ensemble_embeddings(
         ensemble, records, df, devices, image_policy, timings, tta=tta, text_dirs=text_dirs
     )
-    params = params_for_rows(ensemble, len(df), by_size)
-    how = "thresholds for" if by_size and ensemble.get("size_curve") else "fixed thresholds (tuned), on"
-    print(f"matching with {how} {len(df)} rows: {describe(params)}", flush=True)
     started = time.perf_counter()
-    pairs = match(
-        params,
-        len(df),
-        embeddings=embeddings,
-        titles=df["title"].to_numpy(),
-        phashes=df["image_phash"].to_numpy(),
-        backend=backend,
-        device=devices[0].type,
-        timings=timings,
-    )
+    inputs = dict(embeddings=embeddings, titles=df["title"].to_numpy(), phashes=df["image_phash"].to_numpy())
+    if ensemble.get("pair_model"):
+        from shopee.pairwise.model import load_booster, predict_pairs
+
+        info = ensemble["pair_model"]
+        booster = load_booster(pair_model_path(ensemble_path, ensemble))
+        print(
+            f"matching with the pair model on {len(df)} rows: probability >= {info['threshold']}, "
+            f"min2 {info['min2']}",
+            flush=True,
+        )
+        pairs = predict_pairs(
+            info, booster, len(df), backend=backend, device=devices[0].type, timings=timings, **inputs
+        )
+    else:
+        params = params_for_rows(ensemble, len(df), by_size)
+        how = "thresholds for" if by_size and ensemble.get("size_curve") else "fixed thresholds (tuned), on"
+        print(f"matching with {how} {len(df)} rows: {describe(params)}", flush=True)
+        pairs = match(params, len(df), backend=backend, device=devices[0].type, timings=timings, **inputs)
     timings["match"] = round(time.perf_counter() - started, 2)
     return pd.DataFrame(
         {"posting_id": df["posting_id"], "matches": matches_to_strings(pairs, df["posting_id"])}

@@ -81,6 +81,37 @@ def _markdown(ensemble: dict[str, Any]) -> str:
             f"{s[o]['f1']:.4f} | {s[o]['precision']:.4f} | {s[o]['recall']:.4f}" for o in objectives
         )
         lines.append(f"| {s['step']} | {cells} |")
+    pairs = ensemble.get("pair_model")
+    if pairs:
+        c = pairs["candidates"]
+        without = ensemble.get("cv_f1_dense", ensemble["cv_f1"])
+        verdict = (
+            "beats"
+            if pairs["cv_f1_heldout"] > (ensemble.get("cv_f1_heldout") or without)
+            else "does not beat"
+        )
+        lines += [
+            "## Pair model (second stage)",
+            "",
+            f"LightGBM on candidate pairs of the dense sets ({c['candidates']} pairs touching validation "
+            f"rows; {100 * c['recall']:.1f} % of the true pairs are candidates, "
+            f"{100 * c['precision']:.1f} % of the candidates are true), out of fold by outer fold; "
+            f"{pairs['rounds']} rounds shipped.",
+            "",
+            "| rule | CV F1 (dense) | held-out |",
+            "|---|---|---|",
+            f"| thresholds alone | {without:.4f} | {ensemble.get('cv_f1_heldout') or float('nan'):.4f} |",
+            f"| pair model (p >= {pairs['threshold']}, min2 {pairs['min2']}) | {pairs['cv_f1']:.4f} | "
+            f"{pairs['cv_f1_heldout']:.4f} |",
+            "",
+            f"On held-out figures the pair model **{verdict}** the thresholds. Feature importance "
+            "(gain), top 20:",
+            "",
+            "| feature | gain |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {gain:.1f} |" for name, gain in list(pairs["importance"].items())[:20]]
+        lines.append("")
     curve = ensemble.get("size_curve")
     if curve:
         lines += [

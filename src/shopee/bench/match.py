@@ -7,6 +7,8 @@ Parts, each runnable alone (``run_bench``):
   *bare* chunked matrix-product top-k calls its embedding members need (the arithmetic bound);
   then the post-processing alone (thresholds, union, min2, blending sums, output strings).
 - ``search``: the ``optimize-ensemble`` threshold search on synthetic OOF rows in five folds.
+- ``pair model``: the second stage at test scale: a pair model trained on a small synthetic
+  dense CV, then candidates, features and probabilities on ``n`` rows (``pair_model_s``).
 
 The synthetic postings come from ``shopee.demo.synthetic``. (The way public notebooks match, with
 per-row Python loops, lives in the tests as the oracle the rule is checked against.)
@@ -262,6 +264,99 @@ def run_search(
     }
 
 
+def run_pair_model(
+    n: int, dim: int, seed: int, backend: str = "torch", device: str = "cpu", train_rows: int = 6000
+) -> dict:
+    """A pair model trained on ``train_rows`` synthetic rows in two folds (dense sets: every row in
+    one space), then the whole second stage timed on ``n`` other synthetic rows."""
+    import tempfile
+    from pathlib import Path
+
+    from shopee.folds import DataFingerprint
+    from shopee.oof import DenseFold, OOFSet
+    from shopee.pairwise.model import load_booster, predict_pairs, train_pair_model
+    from shopee.scoring import build_universes
+
+    params = default_params()
+    data = make_synthetic(train_rows, dim, seed + 7)
+    _, codes = np.unique(data.labels, return_inverse=True)
+    fold = codes % 2
+    order = np.argsort(fold, kind="stable")
+    index = pd.DataFrame({"posting_id": data.posting_ids, "label_group": data.labels, "fold": fold})
+    index = index.iloc[order].reset_index(drop=True)
+    embeddings = {k: normalize_rows(v)[order] for k, v in data.embeddings.items()}
+    text = pd.DataFrame(
+        {"title": data.titles[order], "image_phash": data.phashes[order]}, index=index["posting_id"]
+    )
+    dense = {}
+    for f in (0, 1):
+        others = np.flatnonzero(index["fold"].to_numpy() != f)
+        dense[f] = DenseFold(
+            index.iloc[others][["posting_id", "label_group"]], {k: v[others] for k, v in embeddings.items()}
+        )
+    oof = OOFSet(
+        index,
+        embeddings,
+        [0, 1],
+        {"s": [0, 1]},
+        DataFingerprint("s", "s", train_rows, 2),
+        "synthetic",
+        dense=dense,
+    )
+    _log(f"pair model: training on {train_rows} synthetic rows in two folds ...")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.pairs.txt"
+        info = train_pair_model(
+            build_universes(oof, {"dense"}, {}, text), params, path, _log, backend, device
+        )
+        booster = load_booster(path)
+        train_s = time.perf_counter() - started
+        del oof, dense, embeddings, data
+        _log(f"pair model: generating {n} synthetic rows ...")
+        test = make_synthetic(n, dim, seed)
+        clear_knn_cache()
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        pairs = predict_pairs(
+            info,
+            booster,
+            n,
+            embeddings=test.embeddings,
+            titles=test.titles,
+            phashes=test.phashes,
+            backend=backend,
+            device=device,
+            timings=timings,
+        )
+        seconds = time.perf_counter() - started
+    return {
+        "n": n,
+        "train_rows": train_rows,
+        "train_s": round(train_s, 3),
+        "pair_model_s": round(seconds, 3),
+        "stages_s": timings,
+        "features": len(info["features"]),
+        "cv_f1_pair_model": round(info["cv_f1"], 4),
+        "f1": _f1(pairs, test.labels),
+        "mean_matches": round(1 + len(pairs) / max(n, 1), 3),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _print_pair_model(r: dict) -> None:
+    rows = [(f"stage {key}", f"{v:9.2f} s") for key, v in r["stages_s"].items()]
+    rows += [
+        ("second stage total", f"{r['pair_model_s']:9.2f} s   (target < 60 s)"),
+        ("pair model training (not timed above)", f"{r['train_s']:9.2f} s on {r['train_rows']} rows"),
+        ("features per pair", f"{r['features']:9d}"),
+        ("F1 against the synthetic groups", f"{r['f1']:9.4f}"),
+        ("peak resident memory (process)", f"{r['peak_rss_mb']:9.0f} MB   (target < 4096 MB)"),
+    ]
+    print(f"pair model on {r['n']} rows:")
+    print(_table(rows))
+
+
 # --------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------
@@ -323,7 +418,9 @@ def run_bench(
     dim: int = 512,
     *,
     search: bool = False,
+    pair_model: bool = False,
     search_rows: int = 34000,
+    train_rows: int = 6000,
     blend_stages: int | None = None,
     seed: int = 0,
     backend: str = "torch",
@@ -353,6 +450,10 @@ def run_bench(
     if search:
         result["search"] = run_search(search_rows, dim, seed, backend, device, blend_stages)
         _print_search(result["search"])
+    elif pair_model:
+        result["pair_model"] = run_pair_model(n, dim, seed, backend, device, train_rows)
+        result["pair_model_s"] = result["pair_model"]["pair_model_s"]
+        _print_pair_model(result["pair_model"])
     else:
         _log(f"generating {n} synthetic rows (dim {dim}) ...")
         started = time.perf_counter()
@@ -364,7 +465,7 @@ def run_bench(
     load_end = os.getloadavg()
     result["loadavg_start"] = [round(v, 2) for v in load_start]
     result["loadavg_end"] = [round(v, 2) for v in load_end]
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = result["peak_mb"] = peak_rss_mb()
     print(
         f"load average (1, 5, 15 min) at start {', '.join(f'{v:.2f}' for v in load_start)}, "
         f"at end {', '.join(f'{v:.2f}' for v in load_end)} on {os.cpu_count()} cores; "

@@ -24,7 +24,7 @@ import nbformat
 import shopee
 from shopee.atomic import atomic_dir, replace_dir, write_json, write_text
 from shopee.constants import PREDICT_IMAGE_POLICIES
-from shopee.ensemble_file import read_ensemble
+from shopee.ensemble_file import pair_model_path, read_ensemble
 from shopee.errors import ShopeeError
 from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
@@ -117,6 +117,12 @@ def build_kernel(
     ensemble = read_ensemble(ensemble_path)
     output = Path(output) if output else ensemble_path.resolve().parent.parent
     records = ensemble_records(ensemble, output)
+    extra = [p for p in [pair_model_path(ensemble_path, ensemble)] if p is not None]
+    for path in extra:
+        if not path.is_file():
+            raise ShopeeError(
+                f"{path}: the ensemble's pair model is missing (run optimize-ensemble --pair-model again)"
+            )
 
     notebook_dir, dataset_dir = Path(out) / slug, Path(out) / (slug + meta.DATASET_SUFFIX)
     _check_target(notebook_dir, slug, ensemble["name"], f"{slug}.ipynb", overwrite)
@@ -149,7 +155,7 @@ def build_kernel(
         "shopee_version": shopee.__version__,
         "built_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "accelerator": accelerator,
-        "requirements": requirements(),
+        "requirements": requirements(pair_model=bool(ensemble.get("pair_model"))),
         "settings": {"tta": tta, "image_policy": image_policy, "backend": backend, "cv_rows": cv_rows},
     }
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -164,6 +170,7 @@ def build_kernel(
             wheels=wheels,
             dataset_metadata=dataset_meta,
             weights=weights,
+            extra_files=extra,
         )
         with _offline():
             _verify_models(new_dataset)

@@ -5,6 +5,7 @@ Layout (``kernels/SLUG-dataset/``)::
     dataset-metadata.json
     shopee-bundle.json       manifest: what was built from what, every file with size and sha256
     ensemble.json            the tuned ensemble (matching params and the folds it uses)
+    NAME.pairs.txt           its pair model (LightGBM), when it has one
     shopee/                  the package source the notebook imports (without bench/ and demo/)
     models/<exp>/fold<k>/    config.json and metrics.json as training wrote them; model.safetensors
                              for inference: no margin heads, large tensors fp16 (or fp32)
@@ -129,6 +130,7 @@ def write_bundle(
     wheels: Iterable[Path] = (),
     dataset_metadata: Mapping[str, Any],
     weights: str = "fp16",
+    extra_files: Iterable[Path] = (),
 ) -> dict[str, Any]:
     """Fill the empty directory ``dest``; returns the manifest (also written as ``MANIFEST``).
 
@@ -137,6 +139,8 @@ def write_bundle(
     """
     write_json(dest / "dataset-metadata.json", dict(dataset_metadata))
     shutil.copy2(ensemble_path, dest / ENSEMBLE_FILE)
+    for path in extra_files:  # files the ensemble names beside itself (its pair model)
+        shutil.copy2(path, dest / path.name)
     _copy_package(dest / "shopee")
     copies = _copy_folds(records, dest, weights)
     text_dirs = _copy_text_models(copies, dest)

@@ -25,9 +25,10 @@ MINIMUM_VERSIONS: dict[str, str] = {
     "pillow": "11.3.0",
     "albumentations": "2.0.8",
 }
+PAIR_MODEL_MINIMUMS: dict[str, str] = {"lightgbm": "4.6.0"}  # needed when the ensemble has a pair model
 MINIMUM_PYTHON = "3.10"
 # Reported when present; the code falls back without them (faiss and cuml: torch kNN).
-OPTIONAL = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "cuml-cu12", "lightgbm")
+OPTIONAL = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "cuml-cu12")
 
 CELL = '''\
 # The environment: what this image has against what the bundle was built and tested for. Nothing
@@ -95,9 +96,10 @@ if too_old:
 '''
 
 
-def requirements() -> dict[str, str]:
-    """What a bundle built now needs: ``{"python": ..., "torch": ..., ...}`` (kept in its manifest)."""
-    return {"python": MINIMUM_PYTHON, **MINIMUM_VERSIONS}
+def requirements(pair_model: bool = False) -> dict[str, str]:
+    """What a bundle built now needs: ``{"python": ..., "torch": ..., ...}`` (kept in its manifest);
+    with a pair model, LightGBM too."""
+    return {"python": MINIMUM_PYTHON, **MINIMUM_VERSIONS, **(PAIR_MODEL_MINIMUMS if pair_model else {})}
 
 
 def environment_cell(wheels: Sequence[str] = (), needs: Mapping[str, str] | None = None) -> str:

@@ -21,11 +21,12 @@ from shopee.match.rules import (
     match,
     matches_to_strings,
     member_candidates,
+    member_space,
     validate_params,
 )
 from shopee.match.text import ANALYZERS, sparse_cosine_pairs, tfidf_matrix, tfidf_pairs
 from shopee.match.thresholds import f1_by_threshold
-from shopee.match.units import DIMENSIONS, parse_quantities, unit_conflict_mask
+from shopee.match.units import DIMENSIONS, parse_quantities, unit_conflict_mask, unit_relations
 
 __all__ = [
     "ANALYZERS",
@@ -42,6 +43,7 @@ __all__ = [
     "match",
     "matches_to_strings",
     "member_candidates",
+    "member_space",
     "neighbour_matrix",
     "normalize_rows",
     "parse_phashes",
@@ -55,6 +57,7 @@ __all__ = [
     "tfidf_pairs",
     "top_k_pairs",
     "unit_conflict_mask",
+    "unit_relations",
     "union_pairs",
     "validate_params",
 ]

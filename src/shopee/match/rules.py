@@ -283,6 +283,27 @@ def blend_embeddings(x: np.ndarray, neighbours: Pairs) -> np.ndarray:
     return normalize_rows(np.asarray(weights @ x, dtype=np.float32), what="blended embeddings")
 
 
+def member_space(
+    member: Mapping[str, Any],
+    n: int,
+    embeddings: Mapping[str, Any] | None,
+    k: int = K_MAX,
+    backend: str = "torch",
+    device: str = "cpu",
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """An embedding member's rows as it matches them: L2-normalized, after its blending stages."""
+    m = _validate_member(member, f"member {member.get('name', '?')!r}")
+    name = m["name"]
+    x = normalize_rows(_embedding(m, n, embeddings), what=f"member {name!r}: embeddings {m['source']!r}")
+    for stage, threshold in enumerate(m["blend"], start=1):
+        with _timed(timings, f"knn:{name}:blend{stage}"):
+            neighbours = _knn(x, k - 1, backend, device).above(threshold)
+        with _timed(timings, f"blend:{name}:{stage}"):
+            x = blend_embeddings(x, neighbours)
+    return x
+
+
 def member_candidates(
     member: Mapping[str, Any],
     n: int,
@@ -306,12 +327,7 @@ def member_candidates(
     others = k - 1
     name = m["name"]
     if m["type"] == "embedding":
-        x = normalize_rows(_embedding(m, n, embeddings), what=f"member {name!r}: embeddings {m['source']!r}")
-        for stage, threshold in enumerate(m["blend"], start=1):
-            with _timed(timings, f"knn:{name}:blend{stage}"):
-                neighbours = _knn(x, others, backend, device).above(threshold)
-            with _timed(timings, f"blend:{name}:{stage}"):
-                x = blend_embeddings(x, neighbours)
+        x = member_space(m, n, embeddings, k, backend, device, timings)
         with _timed(timings, f"knn:{name}"):
             return _knn(x, others, backend, device)
     if m["type"] == "tfidf":

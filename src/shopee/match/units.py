@@ -110,22 +110,32 @@ def _quantity_table(titles: list[object]) -> tuple[np.ndarray, np.ndarray, np.nd
 def unit_conflict_mask(pairs: Pairs, titles: pd.Series | Sequence[str] | np.ndarray) -> np.ndarray:
     """Boolean per pair: True where the two titles state quantities of one dimension and share no
     value of that dimension (see the module doc). Vectorized over pairs; titles parsed once."""
+    return unit_relations(pairs, titles)[1]
+
+
+def unit_relations(
+    pairs: Pairs, titles: pd.Series | Sequence[str] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(agree, conflict)`` per pair: agree where the two titles state a quantity of one
+    dimension in common (the same value), conflict as ``unit_conflict_mask``. A pair may do both
+    ("2 x 200 gr" against "400 gr 10 pcs") or neither."""
     titles = list(titles)
     if len(titles) != pairs.n:
         raise ShopeeError(f"unit filter: {len(titles)} titles for {pairs.n} rows")
+    agree = np.zeros(len(pairs), dtype=bool)
     out = np.zeros(len(pairs), dtype=bool)
     if not len(pairs):
-        return out
+        return agree, out
     owner, dim, code = _quantity_table(titles)
     if not len(owner):
-        return out
+        return agree, out
     n = pairs.n
     has = np.zeros((n, len(DIMENSIONS)), dtype=bool)
     has[owner, dim] = True
     both = has[pairs.rows] & has[pairs.cols]
     idx = np.flatnonzero(both.any(axis=1))
     if not len(idx):
-        return out
+        return agree, out
     starts = np.searchsorted(owner, np.arange(n), side="left")
     counts = np.searchsorted(owner, np.arange(n), side="right") - starts
     rows, cols = pairs.rows[idx], pairs.cols[idx]
@@ -141,4 +151,5 @@ def unit_conflict_mask(pairs: Pairs, titles: pd.Series | Sequence[str] | np.ndar
     shared = np.zeros((len(idx), len(DIMENSIONS)), dtype=bool)
     shared[which[found], dim[q][found]] = True
     out[idx] = (both[idx] & ~shared).any(axis=1)
-    return out
+    agree[idx] = (both[idx] & shared).any(axis=1)
+    return agree, out

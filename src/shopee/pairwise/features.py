@@ -1,0 +1,271 @@
+"""Candidate pairs and their features, vectorized over pairs (no Python loop over pairs).
+
+**Candidates** of a set of rows: the union over the rule's members of their neighbour lists
+(``member_candidates``: embedding kNN with k = 51 after the member's blending, TF-IDF, phash)
+above loose floors (each member's tuned threshold minus ``EMBEDDING_MARGIN`` / ``TFIDF_MARGIN``,
+phash ``PHASH_EXTRA_BITS`` more bits), plus each row's nearest neighbour of every embedding member;
+kept as unordered pairs ``a < b`` (a pair is one decision).
+
+**Features** (``FEATURES`` lists their names; ``<m>`` is each member, ``lo``/``hi`` the smaller and
+larger of the two ends' values, so that a pair's features do not depend on its order):
+
+- ``<m>_sim``: the member's similarity of the pair, computed exactly (embedding cosine after its
+  blending, TF-IDF cosine, phash 1 - bits/64; NaN where a phash is missing);
+- ``<m>_rank_lo`` / ``_hi``: the rank of each end in the other's neighbour list (1 = nearest; NaN
+  when not in it); ``<m>_mutual``: each end in the other's list;
+- ``<m>_gap_lo`` / ``_hi``: each end's best similarity minus the pair's;
+- ``<m>_top<k>_mean_lo`` / ``_hi`` and ``_std_``: the mean and spread of each end's top-5/10/20
+  similarities (its neighbourhood's density), standardized over the rows of the set scored, since
+  a 70,000-row test is denser than any CV set (``hi`` is NaN where one end has no value: a rank
+  "not listed");
+- ``len_diff`` (characters), ``len_ratio``, ``token_jaccard`` (word sets), ``char_cosine`` (cosine
+  of character 3-gram sets; scikit-learn, as rapidfuzz is not in Kaggle's image), ``units_agree`` /
+  ``units_conflict`` (a quantity of one dimension stated alike / only differently, ``units``),
+  ``same_phash``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+from sklearn.feature_extraction.text import CountVectorizer
+
+from shopee.constants import K
+from shopee.match import Pairs, member_candidates, member_space, tfidf_matrix, unit_relations
+from shopee.match.phash import parse_phashes
+
+EMBEDDING_MARGIN = 0.2
+TFIDF_MARGIN = 0.2
+PHASH_EXTRA_BITS = 4
+DENSITY_TOPS = (5, 10, 20)
+CHUNK = 65536  # pairs per chunk when gathering rows
+
+
+@dataclass
+class Candidates:
+    """Unordered candidate pairs ``a[i] < b[i]`` of ``n`` rows, with what the features need."""
+
+    n: int
+    a: np.ndarray
+    b: np.ndarray
+    lists: dict[str, Pairs]  # member name -> its neighbour list (top k - 1, best first)
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+def floors_of(params: Mapping[str, Any]) -> dict[str, float]:
+    """Each member's candidate floor: loose, so that true pairs stay among the candidates."""
+    floors = {}
+    for m in params["members"]:
+        if m["type"] == "embedding":
+            floors[m["name"]] = round(m["threshold"] - EMBEDDING_MARGIN, 4)
+        elif m["type"] == "tfidf":
+            floors[m["name"]] = round(m["threshold"] - TFIDF_MARGIN, 4)
+        else:
+            floors[m["name"]] = int(min(64, m["max_distance"] + PHASH_EXTRA_BITS))
+    return floors
+
+
+def _loose(member: Mapping[str, Any], floor: float) -> dict[str, Any]:
+    """The member with its floor as threshold (phash: as distance; TF-IDF lists stop there)."""
+    if member["type"] == "phash":
+        return {**member, "max_distance": int(floor)}
+    if member["type"] == "tfidf":
+        return {**member, "threshold": floor, "min_sim": max(0.0, min(floor, member.get("min_sim", 0.2)))}
+    return {**member, "threshold": floor}
+
+
+def candidates(
+    params: Mapping[str, Any],
+    floors: Mapping[str, float],
+    n: int,
+    *,
+    embeddings: Mapping[str, np.ndarray] | None = None,
+    titles: Sequence[str] | np.ndarray | None = None,
+    phashes: Sequence[str] | np.ndarray | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+) -> Candidates:
+    """The candidate pairs of ``n`` rows under the rule's members and ``floors``."""
+    lists, rows, cols = {}, [], []
+    for m in params["members"]:
+        loose = _loose(m, floors[m["name"]])
+        found = member_candidates(
+            loose,
+            n,
+            embeddings=embeddings,
+            titles=titles,
+            phashes=phashes,
+            k=K,
+            backend=backend,
+            device=device,
+        )
+        lists[m["name"]] = found
+        keep = found.sims >= loose["threshold"] if m["type"] != "phash" else np.ones(len(found), bool)
+        if m["type"] == "embedding":  # each row's nearest stays a candidate (min2)
+            keep |= np.arange(len(found)) == np.searchsorted(found.rows, found.rows, side="left")
+        rows.append(found.rows[keep])
+        cols.append(found.cols[keep])
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    a, b = np.minimum(r, c), np.maximum(r, c)
+    keys = np.unique(a[a != b] * max(n, 1) + b[a != b])
+    return Candidates(n, keys // max(n, 1), keys % max(n, 1), lists)
+
+
+def feature_names(params: Mapping[str, Any]) -> list[str]:
+    names = []
+    for m in params["members"]:
+        p = m["name"]
+        names += [f"{p}_sim", f"{p}_rank_lo", f"{p}_rank_hi", f"{p}_mutual", f"{p}_gap_lo", f"{p}_gap_hi"]
+        for top in DENSITY_TOPS:
+            for stat in ("mean", "std"):
+                names += [f"{p}_top{top}_{stat}_lo", f"{p}_top{top}_{stat}_hi"]
+    return names + [
+        "len_diff",
+        "len_ratio",
+        "token_jaccard",
+        "char_cosine",
+        "units_agree",
+        "units_conflict",
+        "same_phash",
+    ]
+
+
+def _lo_hi(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair the smaller and the larger of two ends' values; a missing value (NaN) counts as
+    the larger: ``lo`` is NaN only where both are, ``hi`` wherever one is (a rank: "not listed")."""
+    with np.errstate(invalid="ignore"):
+        return np.fmin(x, y), np.maximum(x, y)
+
+
+def _rowwise_dot(x: np.ndarray | sparse.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(len(a), dtype=np.float32)
+    for s in range(0, len(a), CHUNK):
+        xa, xb = x[a[s : s + CHUNK]], x[b[s : s + CHUNK]]
+        if sparse.issparse(x):
+            out[s : s + CHUNK] = np.asarray(xa.multiply(xb).sum(axis=1)).ravel()
+        else:
+            out[s : s + CHUNK] = np.einsum("ij,ij->i", xa, xb)
+    return out
+
+
+def _ranks(lists: Pairs, n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rank of ``b`` in ``a``'s neighbour list (1-based), NaN when absent."""
+    if not len(lists):
+        return np.full(len(a), np.nan, dtype=np.float32)
+    bounds = lists.row_bounds()
+    position = np.arange(len(lists)) - bounds[lists.rows] + 1
+    keys = lists.rows * n + lists.cols
+    order = np.argsort(keys)
+    keys, position = keys[order], position[order]
+    wanted = a * n + b
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[at] == wanted, position[at], np.nan).astype(np.float32)
+
+
+def _row_table(lists: Pairs, n: int, width: int) -> np.ndarray:
+    """``n x width`` similarities of each row's list, best first, NaN-padded."""
+    table = np.full((n, width), np.nan, dtype=np.float32)
+    if len(lists):
+        bounds = lists.row_bounds()
+        position = np.arange(len(lists)) - bounds[lists.rows]
+        inside = position < width
+        table[lists.rows[inside], position[inside]] = lists.sims[inside]
+    return table
+
+
+def _standardized(values: np.ndarray, scored: np.ndarray | None) -> np.ndarray:
+    """z-scores over the rows scored (all rows when None): the set's own density is the zero."""
+    basis = values if scored is None else values[scored]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all NaN: no neighbours at all
+        mean, std = np.nanmean(basis), np.nanstd(basis)
+    if not np.isfinite(mean):
+        return np.full_like(values, np.nan)
+    return (values - mean) / (std if std > 0 else 1.0)
+
+
+def features(
+    params: Mapping[str, Any],
+    cands: Candidates,
+    *,
+    embeddings: Mapping[str, np.ndarray] | None = None,
+    titles: Sequence[str] | np.ndarray | None = None,
+    phashes: Sequence[str] | np.ndarray | None = None,
+    scored: np.ndarray | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """The features of every candidate pair (columns ``feature_names(params)``, float32)."""
+    n, a, b = cands.n, cands.a, cands.b
+    out: dict[str, np.ndarray] = {}
+    for m in params["members"]:
+        p, lists = m["name"], cands.lists[m["name"]]
+        if m["type"] == "embedding":
+            x = member_space(m, n, embeddings, K, backend, device)
+            sims = _rowwise_dot(x, a, b)
+        elif m["type"] == "tfidf":
+            x = tfidf_matrix(titles, m.get("analyzer", "word"), m.get("ngram_range"))
+            sims = _rowwise_dot(x, a, b)
+        else:
+            values, present = parse_phashes(phashes)
+            sims = 1.0 - np.bitwise_count(values[a] ^ values[b]).astype(np.float32) / 64.0
+            sims[~(present[a] & present[b])] = np.nan
+        out[f"{p}_sim"] = sims.astype(np.float32)
+        rank_ab, rank_ba = _ranks(lists, n, a, b), _ranks(lists, n, b, a)
+        out[f"{p}_rank_lo"], out[f"{p}_rank_hi"] = _lo_hi(rank_ab, rank_ba)
+        out[f"{p}_mutual"] = (np.isfinite(rank_ab) & np.isfinite(rank_ba)).astype(np.float32)
+        table = _row_table(lists, n, max(DENSITY_TOPS))
+        best = table[:, 0]
+        out[f"{p}_gap_lo"], out[f"{p}_gap_hi"] = _lo_hi(best[a] - sims, best[b] - sims)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # rows with no neighbour: NaN, as meant
+            for top in DENSITY_TOPS:
+                for stat, reduce in (("mean", np.nanmean), ("std", np.nanstd)):
+                    per_row = _standardized(reduce(table[:, :top], axis=1), scored)
+                    out[f"{p}_top{top}_{stat}_lo"], out[f"{p}_top{top}_{stat}_hi"] = _lo_hi(
+                        per_row[a], per_row[b]
+                    )
+    texts = pd.Series(list(titles) if titles is not None else [""] * n, dtype=object).fillna("").astype(str)
+    lengths = texts.str.len().to_numpy(dtype=np.float32)
+    out["len_diff"] = np.abs(lengths[a] - lengths[b])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["len_ratio"] = np.fmin(lengths[a], lengths[b]) / np.fmax(np.fmax(lengths[a], lengths[b]), 1.0)
+    words = _binary(texts, "word", (1, 1))
+    inter = _rowwise_dot(words, a, b)
+    sizes = np.asarray(words.sum(axis=1)).ravel().astype(np.float32)
+    union = sizes[a] + sizes[b] - inter
+    out["token_jaccard"] = np.where(union > 0, inter / np.maximum(union, 1), np.nan).astype(np.float32)
+    chars = _binary(texts, "char_wb", (3, 3))
+    char_sizes = np.sqrt(np.asarray(chars.sum(axis=1)).ravel().astype(np.float32))
+    denominator = char_sizes[a] * char_sizes[b]
+    out["char_cosine"] = np.where(
+        denominator > 0, _rowwise_dot(chars, a, b) / np.maximum(denominator, 1e-9), np.nan
+    )
+    agree, conflict = unit_relations(Pairs(a, b, np.zeros(len(a), np.float32), n), texts.to_numpy())
+    out["units_agree"], out["units_conflict"] = agree.astype(np.float32), conflict.astype(np.float32)
+    if phashes is not None:
+        values, present = parse_phashes(phashes)
+        out["same_phash"] = ((values[a] == values[b]) & present[a] & present[b]).astype(np.float32)
+    else:
+        out["same_phash"] = np.full(len(a), np.nan, dtype=np.float32)
+    names = feature_names(params)
+    return pd.DataFrame({name: np.asarray(out[name], dtype=np.float32) for name in names})
+
+
+def _binary(texts: pd.Series, analyzer: str, ngrams: tuple[int, int]) -> sparse.csr_matrix:
+    vectorizer = CountVectorizer(
+        binary=True, lowercase=True, analyzer=analyzer, ngram_range=ngrams, dtype=np.float32
+    )
+    try:
+        return vectorizer.fit_transform(texts.tolist()).tocsr()
+    except ValueError:  # no token at all
+        return sparse.csr_matrix((len(texts), 1), dtype=np.float32)

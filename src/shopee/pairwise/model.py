@@ -1,0 +1,342 @@
+"""The second stage: a gradient-boosted classifier of candidate pairs (LightGBM).
+
+**Training without leakage.** Pairs come from the dense CV sets only (``shopee.scoring``: fold k's
+validation rows matched among fold k's training rows too, all embedded by fold k's model), and
+only pairs touching a validation row. The classifier's own CV follows the outer folds (themselves
+GroupKFold over label groups): the model that scores set k's pairs is trained on the other sets'
+pairs, minus every pair touching a group of fold k's validation rows, so no CV probability comes
+from a model that saw its group. Early stopping holds out a fifth of the training pairs by group.
+
+**Matching from probabilities.** A pair is matched when its probability reaches ``threshold``;
+a row left with no match gets its most probable pair when that reaches ``min2``; a pair is one
+decision (both directions); at most 50 matches per row, most probable first. Both thresholds
+are tuned on the dense sets' CV probabilities; the held-out estimate tunes them on all sets but
+one and scores that one.
+
+The model shipped is refitted on every set's pairs with the mean number of rounds early stopping
+chose; it is saved as LightGBM's text model beside the ensemble file.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shopee.constants import MAX_OTHERS
+from shopee.errors import ShopeeError
+from shopee.match import Pairs, top_k_pairs
+from shopee.metrics import score_pairs
+from shopee.pairwise.features import Candidates, candidates, feature_names, features, floors_of
+from shopee.scoring import Universe
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
+MIN2_GRID = (None, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+LIGHTGBM = {
+    "objective": "binary",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 40,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "deterministic": True,
+    "force_row_wise": True,
+    "seed": 0,
+    "verbosity": -1,
+}
+MAX_ROUNDS = 1000
+EARLY_STOPPING = 50
+
+
+def _lightgbm():
+    try:
+        import lightgbm
+    except ImportError:
+        raise ShopeeError(
+            "the pair model needs LightGBM: pip install lightgbm (Kaggle's image has it)"
+        ) from None
+    return lightgbm
+
+
+@dataclass
+class PairSet:
+    """One CV set's candidate pairs that touch a scored row, their features and truth."""
+
+    universe: Universe
+    cands: Candidates
+    features: pd.DataFrame
+    truth: np.ndarray  # the two ends are one product
+    group: np.ndarray  # the label group a pair belongs to for splitting (its scored end's)
+
+    @property
+    def fold(self) -> int | None:
+        return self.universe.fold
+
+
+def pair_set(
+    universe: Universe,
+    params: Mapping[str, Any],
+    floors: Mapping[str, float],
+    backend: str = "torch",
+    device: str = "cpu",
+) -> PairSet:
+    inputs = dict(embeddings=universe.embeddings, titles=universe.titles, phashes=universe.phashes)
+    found = candidates(params, floors, universe.n, backend=backend, device=device, **inputs)
+    scored = np.zeros(universe.n, dtype=bool)
+    scored[universe.scored if universe.scored is not None else slice(None)] = True
+    touch = scored[found.a] | scored[found.b]
+    found = Candidates(found.n, found.a[touch], found.b[touch], found.lists)
+    table = features(params, found, scored=universe.scored, backend=backend, device=device, **inputs)
+    labels = universe.labels
+    truth = labels[found.a] == labels[found.b]
+    group = np.where(scored[found.a], labels[found.a], labels[found.b])
+    return PairSet(universe, found, table, truth, group)
+
+
+def candidate_recall(sets: Sequence[PairSet]) -> dict[str, float]:
+    """How many true pairs of the scored rows are candidates, and how many candidates are true."""
+    true_total = true_found = candidates_total = 0
+    for s in sets:
+        u = s.universe
+        _, inverse, counts = np.unique(u.labels, return_inverse=True, return_counts=True)
+        scored = np.bincount(inverse if u.scored is None else inverse[u.scored], minlength=len(counts))
+        # unordered pairs of one group with at least one scored end: all pairs but the unscored ones
+        unscored = counts - scored
+        true_total += int((counts * (counts - 1) // 2 - unscored * (unscored - 1) // 2).sum())
+        true_found += int(s.truth.sum())
+        candidates_total += len(s.truth)
+    return {
+        "true_pairs": true_total,
+        "candidates": candidates_total,
+        "recall": true_found / max(true_total, 1),  # share of true pairs that are candidates
+        "precision": true_found / max(candidates_total, 1),  # share of candidates that are true
+    }
+
+
+def match_from_probabilities(
+    n: int, a: np.ndarray, b: np.ndarray, p: np.ndarray, threshold: float, min2: float | None
+) -> Pairs:
+    """Matches of ``n`` rows from unordered candidate pairs and their probabilities (module doc)."""
+    rows, cols, probs = (
+        np.concatenate([a, b]),
+        np.concatenate([b, a]),
+        np.concatenate([p, p]).astype(np.float32),
+    )
+    keep = probs >= threshold
+    matched = top_k_pairs(rows[keep], cols[keep], probs[keep], n, MAX_OTHERS)
+    if min2 is None or not len(rows):
+        return matched
+    lonely = matched.counts() == 0
+    order = np.lexsort((-probs, rows))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = rows[order][1:] != rows[order][:-1]
+    best = order[first]
+    add = best[lonely[rows[best]] & (probs[best] >= min2)]
+    if not len(add):
+        return matched
+    extra_rows = np.concatenate([rows[add], cols[add]])
+    extra_cols = np.concatenate([cols[add], rows[add]])
+    extra_p = np.concatenate([probs[add], probs[add]])
+    return top_k_pairs(
+        np.concatenate([matched.rows, extra_rows]),
+        np.concatenate([matched.cols, extra_cols]),
+        np.concatenate([matched.sims, extra_p]),
+        n,
+        MAX_OTHERS,
+    )
+
+
+def _row_f1(s: PairSet, p: np.ndarray, threshold: float, min2: float | None) -> np.ndarray:
+    u = s.universe
+    pairs = match_from_probabilities(u.n, s.cands.a, s.cands.b, p, threshold, min2)
+    f1 = score_pairs(*pairs.with_self(), u.labels).f1
+    return f1 if u.scored is None else f1[u.scored]
+
+
+def tune_thresholds(
+    sets: Sequence[PairSet], probs: Sequence[np.ndarray]
+) -> tuple[float, float | None, float]:
+    """(threshold, min2, F1): the best on the sets' scored rows (mean over rows)."""
+
+    def f1(threshold: float, min2: float | None) -> float:
+        return float(
+            np.concatenate([_row_f1(s, p, threshold, min2) for s, p in zip(sets, probs, strict=True)]).mean()
+        )
+
+    scores = [(f1(t, None), t) for t in THRESHOLD_GRID]
+    best_f1, threshold = max(scores)
+    best_min2 = None
+    for min2 in MIN2_GRID[1:]:
+        value = f1(threshold, min2)
+        if value > best_f1 + 1e-9:
+            best_f1, best_min2 = value, min2
+    return float(threshold), best_min2, best_f1
+
+
+def _fit(lgb, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rounds: int | None = None):
+    """A booster; with ``rounds`` None, early stopping on a fifth of the groups held out."""
+    params = dict(LIGHTGBM)
+    if rounds is not None:
+        return lgb.train(params, lgb.Dataset(X, y.astype(np.float32)), num_boost_round=max(rounds, 1))
+    unique = np.unique(groups)
+    held = np.random.default_rng(0).permutation(unique)[: max(1, len(unique) // 5)]
+    valid = np.isin(groups, held)
+    train_set = lgb.Dataset(X[~valid], y[~valid].astype(np.float32))
+    valid_set = lgb.Dataset(X[valid], y[valid].astype(np.float32), reference=train_set)
+    return lgb.train(
+        params,
+        train_set,
+        num_boost_round=MAX_ROUNDS,
+        valid_sets=[valid_set],
+        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)],
+    )
+
+
+def cross_validate(sets: Sequence[PairSet], log: Callable[[str], None]) -> tuple[list[np.ndarray], list[int]]:
+    """Out-of-fold probabilities for every set's pairs (see the module doc) and the rounds early
+    stopping chose per model."""
+    lgb = _lightgbm()
+    if len(sets) < 2:
+        raise ShopeeError("the pair model needs two folds or more with dense embeddings")
+    probs, rounds = [], []
+    for s in sets:
+        held_groups = np.unique(
+            s.universe.labels if s.universe.scored is None else s.universe.labels[s.universe.scored]
+        )
+        parts, ys, groups = [], [], []
+        for other in sets:
+            if other is s:
+                continue
+            labels = other.universe.labels
+            clean = ~(
+                np.isin(labels[other.cands.a], held_groups) | np.isin(labels[other.cands.b], held_groups)
+            )
+            parts.append(other.features[clean])
+            ys.append(other.truth[clean])
+            groups.append(other.group[clean])
+        X = pd.concat(parts, ignore_index=True)
+        y, g = np.concatenate(ys), np.concatenate(groups)
+        if y.all() or not y.any():
+            raise ShopeeError(
+                f"pair model: the pairs for fold {s.fold} are all of one class; more data is needed"
+            )
+        started = time.perf_counter()
+        booster = _fit(lgb, X, y, g)
+        rounds.append(booster.best_iteration or booster.current_iteration())
+        probs.append(booster.predict(s.features, num_iteration=rounds[-1]))
+        log(
+            f"  pair model for fold {s.fold}: {len(X)} training pairs, {rounds[-1]} rounds, "
+            f"{len(s.truth)} pairs scored ({time.perf_counter() - started:.1f} s)"
+        )
+    return probs, rounds
+
+
+def heldout_f1(sets: Sequence[PairSet], probs: Sequence[np.ndarray]) -> float:
+    """Thresholds tuned on all sets but one, scored on that one; mean over the scored rows."""
+    rows = []
+    for i, s in enumerate(sets):
+        others = [x for j, x in enumerate(sets) if j != i]
+        other_probs = [x for j, x in enumerate(probs) if j != i]
+        threshold, min2, _ = tune_thresholds(others, other_probs)
+        rows.append(_row_f1(s, probs[i], threshold, min2))
+    return float(np.concatenate(rows).mean())
+
+
+def train_pair_model(
+    universes: Sequence[Universe],
+    params: Mapping[str, Any],
+    path: Path,
+    log: Callable[[str], None],
+    backend: str = "torch",
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Train, cross-validate and save the pair model; returns what the ensemble records of it."""
+    lgb = _lightgbm()
+    started = time.perf_counter()
+    floors = floors_of(params)
+    sets = [pair_set(u, params, floors, backend, device) for u in universes]
+    recall = candidate_recall(sets)
+    log(
+        f"  candidates: {recall['candidates']} pairs touching validation rows; "
+        f"{100 * recall['recall']:.1f} % of the true pairs are among them, "
+        f"{100 * recall['precision']:.1f} % of them are true"
+    )
+    probs, rounds = cross_validate(sets, log)
+    threshold, min2, cv_f1 = tune_thresholds(sets, probs)
+    held = heldout_f1(sets, probs)
+    final = _fit(
+        lgb,
+        pd.concat([s.features for s in sets], ignore_index=True),
+        np.concatenate([s.truth for s in sets]),
+        np.concatenate([s.group for s in sets]),
+        rounds=int(round(np.mean(rounds))),
+    )
+    from shopee.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        final.save_model(str(tmp))
+    gain = final.feature_importance(importance_type="gain")
+    names = final.feature_name()
+    importance = sorted(zip(names, gain.tolist(), strict=True), key=lambda kv: -kv[1])
+    return {
+        "file": path.name,
+        "lightgbm": lgb.__version__,
+        "features": feature_names(params),
+        "params": copy.deepcopy(dict(params)),
+        "floors": floors,
+        "threshold": threshold,
+        "min2": min2,
+        "rounds": int(final.current_iteration()),
+        "cv_f1": cv_f1,
+        "cv_f1_heldout": held,
+        "candidates": recall,
+        "importance": {name: round(value, 2) for name, value in importance},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def load_booster(path: Path):
+    lgb = _lightgbm()
+    if not Path(path).is_file():
+        raise ShopeeError(f"{path}: the ensemble's pair model is missing")
+    return lgb.Booster(model_file=str(path))
+
+
+def predict_pairs(
+    info: Mapping[str, Any],
+    booster,
+    n: int,
+    *,
+    embeddings: Mapping[str, np.ndarray] | None,
+    titles: Sequence[str] | np.ndarray | None,
+    phashes: Sequence[str] | np.ndarray | None,
+    backend: str = "torch",
+    device: str = "cpu",
+    timings: dict[str, float] | None = None,
+) -> Pairs:
+    """The second stage on ``n`` rows: candidates, features, probabilities, matches."""
+    timings = timings if timings is not None else {}
+    inputs = dict(embeddings=embeddings, titles=titles, phashes=phashes)
+    started = time.perf_counter()
+    found = candidates(info["params"], info["floors"], n, backend=backend, device=device, **inputs)
+    timings["pairs:candidates"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    table = features(info["params"], found, backend=backend, device=device, **inputs)
+    if list(table.columns) != list(info["features"]):
+        raise ShopeeError(
+            "the pair model's features differ from what this code computes; run optimize-ensemble again"
+        )
+    timings["pairs:features"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
+    p = booster.predict(table) if len(table) else np.zeros(0)
+    pairs = match_from_probabilities(n, found.a, found.b, p, info["threshold"], info["min2"])
+    timings["pairs:predict"] = round(time.perf_counter() - started, 3)
+    return pairs

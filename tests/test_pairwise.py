@@ -1,0 +1,210 @@
+"""The pair model: features against a slow per-pair reference, the CV without leakage, matching
+from probabilities against a per-row reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.feature_extraction.text import CountVectorizer
+
+from shopee.match import parse_quantities, tfidf_matrix
+from shopee.pairwise import model as pair_model
+from shopee.pairwise.features import DENSITY_TOPS, candidates, features, floors_of
+from shopee.scoring import Universe
+
+WORDS = [
+    "kopi",
+    "susu",
+    "bubuk",
+    "sachet",
+    "gula",
+    "teh",
+    "hijau",
+    "merah",
+    "botol",
+    "kaleng",
+    "mini",
+    "jumbo",
+]
+
+
+def _data(n: int = 60, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n // 3), 3)
+    centres = rng.normal(size=(n // 3, 8))
+    emb = centres[labels] + 0.7 * rng.normal(size=(n, 8))
+    titles = []
+    for i in range(n):
+        words = list(rng.choice(WORDS, size=int(rng.integers(2, 6)), replace=False))
+        words.append(
+            f"{int(rng.choice([100, 200, 400]))} gr"
+            if rng.random() < 0.6
+            else f"isi {int(rng.integers(5, 12))}"
+        )
+        titles.append(" ".join(words) + f" no{labels[i]}")
+    hashes = rng.integers(0, 2**63, size=n // 3, dtype=np.int64)
+    phashes = [f"{int(hashes[g]) ^ (1 << int(rng.integers(0, 3))):016x}" for g in labels]
+    phashes[5] = None  # a missing phash
+    return (
+        labels,
+        {"e": emb.astype(np.float32)},
+        np.array(titles, dtype=object),
+        np.array(phashes, dtype=object),
+    )
+
+
+PARAMS = {
+    "version": 1,
+    "k": 51,
+    "members": [
+        {"name": "emb", "type": "embedding", "source": "e", "threshold": 0.6, "blend": []},
+        {"name": "tfidf", "type": "tfidf", "threshold": 0.5, "analyzer": "word", "min_sim": 0.2},
+        {"name": "phash", "type": "phash", "max_distance": 2},
+    ],
+    "min2": None,
+    "unit_filter": False,
+}
+
+
+def _rank_interval(sims: np.ndarray, listed: np.ndarray, s: float, floor: float) -> tuple[int, int] | None:
+    """Where the row of similarity ``s`` ranks among another row's neighbours (ties may fall
+    either way), or None when it is not among its 50 listed."""
+    if s < floor or (len(listed) == 50 and s < listed[-1] - 1e-6):
+        return None
+    return int((sims > s + 1e-6).sum()) + 1, int((sims >= s - 1e-6).sum())
+
+
+def _within(value: float, interval: tuple[int, int] | None) -> bool:
+    return np.isnan(value) if interval is None else interval[0] <= value <= interval[1]
+
+
+def test_features_against_a_slow_per_pair_reference() -> None:
+    labels, embeddings, titles, phashes = _data()
+    n = len(labels)
+    floors = floors_of(PARAMS)
+    found = candidates(PARAMS, floors, n, embeddings=embeddings, titles=titles, phashes=phashes)
+    table = features(PARAMS, found, embeddings=embeddings, titles=titles, phashes=phashes)
+    assert len(table) == len(found) > n and (found.a < found.b).all()
+
+    x = embeddings["e"] / np.linalg.norm(embeddings["e"], axis=1, keepdims=True)
+    t = tfidf_matrix(titles).toarray()
+    sims = {"emb": x @ x.T, "tfidf": t @ t.T}
+    tokenize = CountVectorizer(lowercase=True).build_analyzer()
+    grams = CountVectorizer(analyzer="char_wb", ngram_range=(3, 3), lowercase=True).build_analyzer()
+    for member, matrix in sims.items():
+        np.fill_diagonal(matrix, -np.inf)
+        floor = 0.2 if member == "tfidf" else -np.inf  # TF-IDF lists stop at their floor
+        listed = [np.sort(row[row >= floor])[::-1][:50] for row in matrix]
+        best = np.array([r[0] if len(r) else np.nan for r in listed])
+        density = {}
+        for top in DENSITY_TOPS:
+            for stat, reduce in (("mean", np.mean), ("std", np.std)):
+                values = np.array([reduce(r[:top]) if len(r) else np.nan for r in listed])
+                density[(top, stat)] = (values - np.nanmean(values)) / np.nanstd(values)
+        for i in range(0, len(found), 7):
+            a, b = int(found.a[i]), int(found.b[i])
+            row = table.iloc[i]
+            assert row[f"{member}_sim"] == pytest.approx(matrix[a, b], abs=1e-5)
+            intervals = [
+                _rank_interval(matrix[p], listed[p], matrix[p, q], floor) for p, q in ((a, b), (b, a))
+            ]
+            lo, hi = row[f"{member}_rank_lo"], row[f"{member}_rank_hi"]
+            assert (_within(lo, intervals[0]) and _within(hi, intervals[1])) or (
+                _within(lo, intervals[1]) and _within(hi, intervals[0])
+            )
+            assert row[f"{member}_mutual"] == float(intervals[0] is not None and intervals[1] is not None)
+            gaps = sorted([best[a] - matrix[a, b], best[b] - matrix[a, b]])
+            assert [row[f"{member}_gap_lo"], row[f"{member}_gap_hi"]] == pytest.approx(gaps, abs=1e-5)
+            for (top, stat), values in density.items():
+                pair = sorted([values[a], values[b]])
+                got = [row[f"{member}_top{top}_{stat}_lo"], row[f"{member}_top{top}_{stat}_hi"]]
+                assert got == pytest.approx(pair, abs=1e-4)
+    for i in range(len(found)):
+        a, b = int(found.a[i]), int(found.b[i])
+        row = table.iloc[i]
+        ta, tb = set(tokenize(titles[a])), set(tokenize(titles[b]))
+        assert row["token_jaccard"] == pytest.approx(len(ta & tb) / len(ta | tb), abs=1e-6)
+        ga, gb = set(grams(titles[a])), set(grams(titles[b]))
+        assert row["char_cosine"] == pytest.approx(len(ga & gb) / np.sqrt(len(ga) * len(gb)), abs=1e-5)
+        assert row["len_diff"] == abs(len(titles[a]) - len(titles[b]))
+        qa, qb = parse_quantities(titles[a]), parse_quantities(titles[b])
+        dims = {d for d, _ in qa} & {d for d, _ in qb}
+        agree = any({v for d2, v in qa if d2 == d} & {v for d2, v in qb if d2 == d} for d in dims)
+        conflict = any(not ({v for d2, v in qa if d2 == d} & {v for d2, v in qb if d2 == d}) for d in dims)
+        assert (row["units_agree"], row["units_conflict"]) == (float(agree), float(conflict))
+        if phashes[a] is None or phashes[b] is None:
+            assert np.isnan(row["phash_sim"]) and row["same_phash"] == 0
+        else:
+            bits = bin(int(phashes[a], 16) ^ int(phashes[b], 16)).count("1")
+            assert row["phash_sim"] == pytest.approx(1 - bits / 64)
+            assert row["same_phash"] == float(bits == 0)
+
+
+def test_matching_from_probabilities_against_a_per_row_reference() -> None:
+    rng = np.random.default_rng(1)
+    n = 40
+    keys = np.unique(rng.integers(0, n, size=(150, 2)), axis=0)
+    a, b = keys[:, 0], keys[:, 1]
+    keep = a < b
+    a, b = a[keep], b[keep]
+    p = rng.random(len(a))
+    for threshold, min2 in ((0.7, None), (0.7, 0.3), (0.95, 0.0)):
+        pairs = pair_model.match_from_probabilities(n, a, b, p, threshold, min2)
+        got = [set(pairs.cols[pairs.rows == i]) for i in range(n)]
+        want = [set() for _ in range(n)]
+        for x, y, q in zip(a, b, p, strict=True):
+            if q >= threshold:
+                want[x].add(y)
+                want[y].add(x)
+        if min2 is not None:
+            lonely = [i for i in range(n) if not want[i]]
+            for i in lonely:
+                touching = [(q, y if x == i else x) for x, y, q in zip(a, b, p, strict=True) if i in (x, y)]
+                if touching and max(touching)[0] >= min2:
+                    partner = max(touching)[1]
+                    want[i].add(partner)
+                    want[partner].add(i)  # one decision: both ends
+        assert got == want
+
+
+def test_no_cv_probability_comes_from_a_model_that_saw_its_group(monkeypatch) -> None:
+    """Three outer folds; each pair set also holds pairs touching the other folds' groups (their
+    rows are its training rows). Every model must train on no pair that touches a group of the
+    fold it scores, by either end."""
+    rng = np.random.default_rng(0)
+    fold_groups = {0: np.arange(0, 10), 1: np.arange(10, 20), 2: np.arange(20, 30)}
+    sets, pair_groups = [], {}
+    next_id = 0
+    for fold, groups in fold_groups.items():
+        labels = np.repeat(np.arange(30), 3)  # every group's rows are in every set (validation or training)
+        scored = np.flatnonzero(np.isin(labels, groups))
+        universe = Universe(f"dense{fold}", "dense", {}, labels, scored=scored, fold=fold)
+        a = rng.choice(scored, 200)
+        b = rng.integers(0, len(labels), 200)
+        ok = a != b
+        a, b = np.minimum(a[ok], b[ok]), np.maximum(a[ok], b[ok])
+        ids = np.arange(next_id, next_id + len(a))
+        next_id += len(a)
+        for i, x, y in zip(ids, a, b, strict=True):
+            pair_groups[int(i)] = {int(labels[x]), int(labels[y])}
+        table = pd.DataFrame({"pair_id": ids.astype(np.float32), "noise": rng.random(len(a))})
+        truth = labels[a] == labels[b]
+        group = np.where(np.isin(a, scored), labels[a], labels[b])
+        sets.append(
+            pair_model.PairSet(universe, pair_model.Candidates(len(labels), a, b, {}), table, truth, group)
+        )
+    trained_on: list[set[int]] = []
+    fit = pair_model._fit
+
+    def spy(lgb, X, y, groups, rounds=None):
+        trained_on.append({int(i) for i in X["pair_id"]})
+        return fit(lgb, X, y, groups, rounds)
+
+    monkeypatch.setattr(pair_model, "_fit", spy)
+    probs, _ = pair_model.cross_validate(sets, lambda _: None)
+    assert [len(p) for p in probs] == [len(s.truth) for s in sets]
+    for fold, ids in enumerate(trained_on):
+        seen = set().union(*(pair_groups[i] for i in ids))
+        assert not seen & set(fold_groups[fold].tolist()), fold
+        assert ids  # it did train on something
