@@ -93,6 +93,7 @@ class Config:
     stages: list[dict[str, Any]] = field(default_factory=list)
     amp: str = "auto"  # mixed precision on CUDA: auto, bf16, fp16, off (fp32 on CPU; see runtime)
     channels_last: bool = True  # on CUDA
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (GPUs only)
     num_workers: int = 2
     # --- sampling and augmentation --------------------------------------------------------------
     sample_weight_power: float = 0.0  # sample weight 1/size**p by group size (0 = uniform)

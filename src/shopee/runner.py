@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def run(cfg: Config, exp_file: str, argv: Sequence[str] | None = None) -> int:
 
 def _run(cfg: Config, exp: str, exp_file: str, args: argparse.Namespace) -> None:
     from shopee.data import find_data_dir
-    from shopee.train import train_fold, zero_shot
+    from shopee.train import zero_shot
 
     cfg = cfg.with_overrides(args.set) if args.set else cfg.validate()
     if args.print_config:
@@ -90,17 +91,7 @@ def _run(cfg: Config, exp: str, exp_file: str, args: argparse.Namespace) -> None
         return
     results = []
     for fold in folds:
-        result = train_fold(
-            cfg,
-            exp,
-            fold,
-            data_dir,
-            Path(args.output),
-            debug=args.debug,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            code_dir=Path(exp_file).resolve().parent,
-        )
+        result = _train_one(cfg, exp, exp_file, fold, data_dir, args)
         results.append(result)
         print(json.dumps(result), flush=True)
     if len(folds) > 1:
@@ -114,6 +105,50 @@ def _run(cfg: Config, exp: str, exp_file: str, args: argparse.Namespace) -> None
             "seconds": round(sum(r["seconds"] for r in results), 1),
         }
         print(json.dumps(summary), flush=True)
+
+
+def _train_one(
+    cfg: Config, exp: str, exp_file: str, fold: int, data_dir: Path, args: argparse.Namespace
+) -> dict:
+    """One fold; a distributed run whose other process died ends in one error line."""
+    import torch.distributed
+
+    from shopee.train import train_fold
+
+    try:
+        return train_fold(
+            cfg,
+            exp,
+            fold,
+            data_dir,
+            Path(args.output),
+            debug=args.debug,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            code_dir=Path(exp_file).resolve().parent,
+        )
+    except RuntimeError as exc:  # torch.distributed.DistError is one too
+        if not torch.distributed.is_initialized() or not _peer_failure(exc):
+            raise
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's stop signal: the line below says it all
+        rank = torch.distributed.get_rank()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShopeeError(
+            f"rank {rank}: another process of this distributed run stopped ({first[:160]}); fold {fold} "
+            f"stays unfinished in {Path(args.output) / exp / f'fold{fold}.partial'} (continue with --resume)"
+        ) from None
+
+
+PEER_FAILURE_WORDS = ("gloo", "nccl", "connection", "c10d", "processgroup", "timed out", "timeout")
+
+
+def _peer_failure(exc: RuntimeError) -> bool:
+    """Whether a collective failed because another process is gone (gloo and NCCL raise plain
+    RuntimeErrors that say so)."""
+    import torch.distributed
+
+    text = str(exc).lower()
+    return isinstance(exc, torch.distributed.DistError) or any(word in text for word in PEER_FAILURE_WORDS)
 
 
 def load_experiment(spec: str) -> tuple[str, Config]:

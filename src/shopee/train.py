@@ -4,13 +4,21 @@ Per epoch: train on the other folds' rows, embed the fold's validation rows, mat
 the fold and log the CV F1 at the best threshold for every embedding kind. A checkpoint after
 every epoch lets ``--resume`` continue a killed run with the same result as an uninterrupted one:
 model init, sampling, augmentation and dropout are all seeded from (seed, epoch).
+
+Launched by torchrun, the same loop runs data-parallel (``shopee.distributed``): the model, its
+margin head included, is wrapped in DistributedDataParallel, each process takes its slice of every
+global batch (``batch_size`` is the global batch, learning rates as configured for it), embedding
+is sharded and gathered, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +35,7 @@ from shopee.atomic import atomic_path, replace_dir, write_json
 from shopee.config import Config, check_fold, embedding_kinds, stages_of
 from shopee.data import read_split
 from shopee.dataset import PostingDataset, dataset_for, make_loader
+from shopee.distributed import Dist
 from shopee.embed import embed_many
 from shopee.errors import ShopeeError
 from shopee.evaluate import evaluate_embeddings
@@ -39,6 +48,8 @@ from shopee.outputs import MODEL_FILE, FoldRecord, fold_dir, is_finished, partia
 from shopee.progress import Progress
 from shopee.runtime import Runtime
 from shopee.sampling import epoch_indices, epoch_length
+
+RANK_SEED_STRIDE = 7919  # process k of a distributed run draws dropout and augmentation from seed + k * this
 
 
 @dataclass
@@ -91,18 +102,37 @@ def load_fold_data(cfg: Config, data_dir: Path, fold: int, debug: bool) -> FoldD
 
 
 class Logger:
-    """Prints a line and appends it to ``train.log`` (``file`` appends without printing)."""
+    """Prints a line and appends it to ``train.log`` (``file`` appends without printing); off on
+    every process but rank 0 of a distributed run."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled
 
     def file(self, message: str) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def __call__(self, message: str) -> None:
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
-        self.file(message)
+        if self.enabled:
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+            self.file(message)
+
+
+def _stop_on_sigterm(dist: Dist, work: Path) -> None:
+    """torchrun stops the other processes with SIGTERM when one fails: say so in one line."""
+
+    def handler(signum, frame) -> None:  # noqa: ARG001 - the signal handler's signature
+        print(
+            f"error: rank {dist.rank}: stopped because another process of this run failed; the fold stays "
+            f"unfinished in {work} (continue with --resume)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _versions() -> dict[str, str]:
@@ -130,6 +160,11 @@ def train_fold(
             print(f"{final}: already finished (pass --overwrite to train it again)", flush=True)
             return record.summary
     cfg = effective_config(cfg.validate(), debug)
+    dist = Dist.from_env()
+    if dist.enabled:
+        dist.per_process(cfg.batch_size)  # a global batch that does not split is an error, early
+        if not dist.is_main:
+            os.environ["TQDM_DISABLE"] = "1"  # one progress bar: rank 0's
     data = load_fold_data(cfg, data_dir, fold, debug)
     work = partial_dir(output, exp, fold)
     checkpoint_path = work / "last.pt"
@@ -138,32 +173,50 @@ def train_fold(
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         if checkpoint["config"] != cfg.to_dict() or checkpoint["debug"] != debug:
             raise ShopeeError(f"{checkpoint_path}: made with a different config; drop --resume to start over")
-    elif work.exists():
+        if checkpoint.get("world", 1) != dist.world:
+            made_by = checkpoint.get("world", 1)
+            print(f"note: {checkpoint_path} was made by {made_by} process(es), resumed by {dist.world}")
+    elif work.exists() and dist.is_main:
         if resume:
             print(f"{work}: no checkpoint to resume from; starting over", flush=True)
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    log = Logger(work / "train.log")
+    if dist.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # the work folder is ready before any rank goes on
+    if dist.enabled:
+        _stop_on_sigterm(dist, work)
+    log = Logger(work / "train.log", enabled=dist.is_main)
 
-    runtime = Runtime.for_config(cfg)
+    runtime = Runtime.for_config(cfg, dist.device())
     torch.manual_seed(cfg.seed)
     model = runtime.prepare(ShopeeModel(cfg, data.n_classes))
+    if dist.enabled and cfg.sync_bn:
+        if runtime.on_cuda:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log("sync_bn: SyncBatchNorm needs GPUs; on CPU each process keeps its own batch statistics")
     class_sizes = torch.as_tensor(np.bincount(data.train_labels), dtype=torch.float32)
     optimizer = build_optimizer(model, cfg)
     scaler = runtime.grad_scaler()
-    stepper = Stepper(model, optimizer, scaler, cfg, runtime)
+    stepper = Stepper(model, optimizer, scaler, cfg, runtime, dist)
     train_ds = dataset_for(cfg, model, data.train, labels=data.train_labels, augment=True)
-    valid_loader = make_loader(
-        dataset_for(cfg, model, data.valid),
-        cfg.eval_batch_size,
-        num_workers=cfg.num_workers,
-        pin_memory=runtime.pin_memory,
-    )
     valid_labels = data.valid["label_group"].to_numpy()
 
+    def embed_rows_of(rows: pd.DataFrame, desc: str) -> dict[str, np.ndarray]:
+        """The model's embeddings of ``rows``; sharded over the processes and gathered in order."""
+        block = dist.row_block(len(rows)) if dist.enabled else None
+        loader = make_loader(
+            dataset_for(cfg, model, rows),
+            cfg.eval_batch_size,
+            block,
+            num_workers=cfg.num_workers,
+            pin_memory=runtime.pin_memory,
+        )
+        (out,) = embed_many([model], loader, runtime, desc=desc, log=log, log_with_bar=log.file)
+        return {k: dist.gather_rows(v, len(rows)) for k, v in out.items()}
+
     def embed_valid() -> dict[str, np.ndarray]:
-        (out,) = embed_many([model], valid_loader, runtime, desc="validation", log=log, log_with_bar=log.file)
-        return out
+        return embed_rows_of(data.valid, "validation")
 
     kinds = embedding_kinds(cfg)
 
@@ -188,6 +241,11 @@ def train_fold(
             f"{len(data.valid)} validation rows; {runtime.describe()}; image weights: {image_source}; "
             f"text: {text_source}"
         )
+        if dist.enabled:
+            log(
+                f"data parallel on {dist.world} processes: batch {dist.per_process(cfg.batch_size)} per "
+                f"process, {cfg.batch_size} global (the learning rates are as configured for it)"
+            )
         if data.skipped:
             log(f"image_policy skip: {data.skipped} training rows with unusable images left out")
     embeddings: dict[str, np.ndarray] = {}
@@ -199,10 +257,15 @@ def train_fold(
         if epoch <= start_epoch:
             continue  # finished before the resume point
         trained = set_trainable(model, stage)
+        stepper.wrap()  # DDP registers the parameters that train in this stage
         steps_per_epoch = _steps_per_epoch(epoch_length(data.train_labels, cfg), cfg, debug)
         scheduler = stage_scheduler(optimizer, stage, steps_per_epoch * stage.epochs, cfg.warmup)
-        if checkpoint is not None and checkpoint["epoch"] > stage_start:
+        if checkpoint is not None and checkpoint["epoch"] > stage_start:  # resumed within the stage
             scheduler.load_state_dict(checkpoint["scheduler"])
+            # the schedule's state does not set the rates back: without this the first update after
+            # the resume would run at the warm-up's first rate
+            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
         log(
             f"stage {stage_no + 1}/{len(stages)} {stage.name or ''}: trains {', '.join(trained)}, "
             f"{stage.epochs} epoch(s) at lr x {stage.lr_scale}"
@@ -213,7 +276,7 @@ def train_fold(
             model.set_margin(margin)
             if cfg.adaptive_margin:
                 model.set_class_margins(class_sizes.to(runtime.device), margin / cfg.margin)
-            loss = _train_epoch(stepper, train_ds, data.train_labels, e, scheduler, debug, log)
+            loss, step_losses = _train_epoch(stepper, train_ds, data.train_labels, e, scheduler, debug, log)
             embeddings = embed_valid()
             scores = {k: evaluate_embeddings(embeddings[k], valid_labels, cfg.eval_k) for k in kinds}
             entry = {
@@ -224,6 +287,7 @@ def train_fold(
                 "lr": max(g["lr"] for g in optimizer.param_groups),
                 "seconds": round(time.perf_counter() - t0, 1),
                 "scores": scores,
+                "step_losses": [round(v, 6) for v in step_losses],
             }
             history.append(entry)
             log(
@@ -234,10 +298,21 @@ def train_fold(
                 )
                 + f" ({entry['seconds']:.0f} s)"
             )
-            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, e + 1, history, cfg, debug)
-            write_json(
-                work / "metrics.json", {"exp": exp, "fold": fold, "finished": False, "epochs": history}
-            )
+            if dist.enabled:
+                checksum = float(sum(p.detach().double().sum().item() for p in model.parameters()))
+                if not dist.same_everywhere(checksum):
+                    raise ShopeeError(
+                        f"after epoch {e + 1} the processes hold different weights: DDP did not sync"
+                    )
+                log(f"weights identical on the {dist.world} processes (checksum {checksum:.6f})")
+            if dist.is_main:
+                _save_checkpoint(
+                    checkpoint_path, model, optimizer, scheduler, scaler, e + 1, history, cfg, debug, dist
+                )
+                write_json(
+                    work / "metrics.json", {"exp": exp, "fold": fold, "finished": False, "epochs": history}
+                )
+            dist.barrier()
     if not embeddings:  # resumed after the last epoch: embed once more from the checkpoint
         embeddings = embed_valid()
 
@@ -245,20 +320,16 @@ def train_fold(
     dense_seconds = None
     if cfg.dense_oof:
         dense_started = time.perf_counter()
-        dense_loader = make_loader(
-            dataset_for(cfg, model, data.dense),
-            cfg.eval_batch_size,
-            num_workers=cfg.num_workers,
-            pin_memory=runtime.pin_memory,
-        )
-        (dense,) = embed_many(
-            [model], dense_loader, runtime, desc="training rows", log=log, log_with_bar=log.file
-        )
+        dense = embed_rows_of(data.dense, "training rows")
         dense_seconds = round(time.perf_counter() - dense_started, 1)
         log(f"dense OOF: embedded the fold's {len(data.dense)} training rows in {dense_seconds:.0f} s")
 
     # this run's time (after a resume: since the resume)
     summary = _summary(exp, fold, history[-1]["scores"], time.perf_counter() - started)
+    if not dist.is_main:  # rank 0 writes the outputs; the others wait for them, then leave
+        dist.barrier()
+        dist.close()
+        return summary
     with atomic_path(work / MODEL_FILE) as tmp:
         safetensors.torch.save_model(model, str(tmp))
     meta = {
@@ -293,6 +364,8 @@ def train_fold(
     )
     checkpoint_path.unlink(missing_ok=True)
     replace_dir(work, final)
+    dist.barrier()
+    dist.close()
     best = f"{summary['kind']} at {summary['threshold']:.2f}"
     log_line = f"{exp} fold {fold} done: CV F1 {summary['cv_f1']:.4f} ({best})"
     print(log_line, flush=True)
@@ -355,18 +428,31 @@ def _steps_per_epoch(n_rows: int, cfg: Config, debug: bool) -> int:
 
 @dataclass
 class Stepper:
-    """One optimisation step: forward, backward, and (every ``accum_steps``) the update."""
+    """One optimisation step: forward, backward, and (every ``accum_steps``) the update. In a
+    distributed run the forward goes through DistributedDataParallel (``wrap``, once per stage)
+    and the loss returned is the mean over processes: the global batch's loss."""
 
     model: ShopeeModel
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     cfg: Config
     runtime: Runtime
+    dist: Dist = dataclasses.field(default_factory=Dist)
+    ddp: torch.nn.Module | None = None
+
+    def wrap(self) -> None:
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.runtime.device.index] if self.runtime.on_cuda else None
+            # unused: e.g. a text model's pooler, computed but not trained on
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
 
     def __call__(self, batch: dict[str, torch.Tensor], update: bool, where: str = "") -> float:
         batch = self.runtime.to_device(batch)
+        forward = self.ddp if self.ddp is not None else self.model
         with self.runtime.autocast():
-            loss = self.model(batch)["loss"]
+            loss = forward(batch)["loss"]
         if not torch.isfinite(loss):
             raise ShopeeError(f"loss is {loss.item()} {where}: lower the learning rates")
         self.scaler.scale(loss / self.cfg.accum_steps).backward()
@@ -378,7 +464,7 @@ class Stepper:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return self.dist.mean(loss.item())
 
 
 def _train_epoch(
@@ -389,38 +475,45 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     debug: bool,
     log: Logger,
-) -> float:
-    cfg, model = stepper.cfg, stepper.model
-    torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and anything else drawing from torch
+) -> tuple[float, list[float]]:
+    """One epoch; (its mean loss, the loss of every step: the global batch's in a distributed run).
+
+    The order of the rows is the same whatever the number of processes; the random draws of
+    dropout and augmentation are per process (rank 0 draws those of a one-process run)."""
+    cfg, model, dist = stepper.cfg, stepper.model, stepper.dist
+    draws = cfg.seed * 1000 + epoch + RANK_SEED_STRIDE * dist.rank
+    torch.manual_seed(draws)  # dropout and anything else drawing from torch
     indices = epoch_indices(labels, cfg, epoch)
     if debug:
         indices = indices[: cfg.debug_batches * cfg.batch_size]
+    if dist.enabled:  # this process's slice of every global batch
+        indices = dist.shard(indices, cfg.batch_size)
     loader = make_loader(
         dataset,
-        cfg.batch_size,
+        dist.per_process(cfg.batch_size),
         indices,
         num_workers=cfg.num_workers,
-        seed=cfg.seed * 1000 + epoch,
+        seed=draws,
         drop_last=True,
         pin_memory=stepper.runtime.pin_memory,
     )
     model.train()
     freeze_batchnorm_stats(model)
-    total, count = 0.0, 0
+    losses: list[float] = []
     progress = Progress(loader, f"epoch {epoch + 1}", unit="batches", log=log, log_with_bar=log.file)
     stepper.optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(progress):
         update = (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader)
-        total += stepper(batch, update, where=f"at epoch {epoch + 1} step {step + 1}")
+        losses.append(stepper(batch, update, where=f"at epoch {epoch + 1} step {step + 1}"))
         if update:
             scheduler.step()
-        count += 1
-        progress.set_postfix(f"loss {total / count:.4f}")
-    return total / max(count, 1)
+        progress.set_postfix(f"loss {np.mean(losses):.4f}")
+    return float(np.mean(losses)) if losses else 0.0, losses
 
 
-def _save_checkpoint(path, model, optimizer, scheduler, scaler, epoch, history, cfg, debug) -> None:
+def _save_checkpoint(path, model, optimizer, scheduler, scaler, epoch, history, cfg, debug, dist) -> None:
     state = {
+        "world": dist.world,
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
