@@ -149,3 +149,27 @@ def test_a_killed_rank_fails_the_run_cleanly_and_resume_finishes_it(ddp_exp, tmp
     _, oof_unbroken, _ = _outputs(tmp_path / "unbroken")
     _, oof_resumed, _ = _outputs(out)
     np.testing.assert_allclose(oof_resumed, oof_unbroken, atol=TOL)
+
+
+def test_folds_side_by_side_with_one_summary(ddp_exp, tmp_path: Path) -> None:
+    exp, data = ddp_exp
+    command = [sys.executable, "-m", "shopee", "train", str(exp), "--folds", "0-1", "--gpus", "cpu,cpu"]
+    command += ["--data", str(data), "--output", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [row["fold"] for row in summary["folds"]] == [0, 1] and summary["failed"] == []
+    assert all(0 < row["cv_f1"] <= 1 for row in summary["folds"])
+    for fold in (0, 1):
+        assert (tmp_path / "expddp" / f"fold{fold}" / "metrics.json").is_file()
+    started = [line for line in proc.stdout.splitlines() if "started on cpu" in line]
+    assert len(started) == 2
+
+    # A fold that fails is reported, the others still run, and the exit status says so.
+    again = [*command[:6], "0-2", *command[7:], "--set", "text_model=/no/such/model"]
+    failing = subprocess.run(again, capture_output=True, text=True, env=ENV, timeout=600)
+    assert failing.returncode == 2
+    rows = json.loads(failing.stdout.strip().splitlines()[-1])
+    assert rows["failed"] == [2]  # folds 0 and 1 are finished already: skipped, not retrained
+    assert "fold 2: FAILED (exit 2): error:" in failing.stdout and "/no/such/model" in failing.stdout
+    assert failing.stderr.strip().splitlines()[-1] == "error: 1 of 3 folds failed (see their logs)"

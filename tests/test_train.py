@@ -243,3 +243,52 @@ def test_skip_leaves_bad_images_out_of_training_only(demo_copy: Path, tmp_path: 
     assert config["n_train"] == int((folds != 0).sum()) - 1
     assert "1 training rows with unusable images left out" in (out / "train.log").read_text()
     assert (demo_copy / "folds-5.csv").read_text() == folds_file
+
+
+def test_runs_are_tracked_in_mlflow_and_listed_from_the_outputs(demo_copy: Path, tmp_path: Path) -> None:
+    """A debug run logs its config and per-epoch metrics to the SQLite store under the output
+    folder; ``runs`` lists the fold from the files alone."""
+    mlflow = pytest.importorskip("mlflow")
+    out = tmp_path / "output"
+    env = {k: v for k, v in ENV.items() if k != "MLFLOW_TRACKING_URI"}
+    two_stages = '[{"epochs": 1, "train": ["neck", "head"]}, {"epochs": 1, "train": ["all"]}]'
+    args = [
+        "--fold",
+        "0",
+        "--data",
+        str(demo_copy),
+        "--debug",
+        "--output",
+        str(out),
+        "--set",
+        f"stages={two_stages}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "exp" / "exp003.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("exp003").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "fold0 debug"
+    assert run.data.params["lr_text"] == "0.0001" and run.data.params["stages"].startswith("[{")
+    assert run.data.tags["output"].endswith("exp003/fold0") and run.data.tags["git_commit"]
+    history = client.get_metric_history(run.info.run_id, "txt.f1")
+    assert [m.step for m in history] == [1, 2] and all(0 <= m.value <= 1 for m in history)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert "txt.recall_at_1" in run.data.metrics
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "shopee", "runs", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout.strip().splitlines()[-1])["folds"]
+    assert [(r["exp"], r["fold"], r["epochs"]) for r in rows] == [("exp003", 0, 2)]
+    assert rows[0]["cv_f1"] == run.data.metrics["cv_f1"]

@@ -195,6 +195,42 @@ def _cmd_bench_density(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from shopee.launch import parse_folds, parse_groups, print_summary, train_folds
+    from shopee.runner import load_experiment
+
+    exp, cfg = load_experiment(args.exp)
+    if args.set:
+        cfg = cfg.with_overrides(args.set)
+    folds = parse_folds(args.folds, cfg.n_folds)
+    default = ",".join(str(i) for i in range(torch.cuda.device_count())) or "cpu"
+    groups = parse_groups(args.gpus or default)
+    exp_path = Path(args.exp) if Path(args.exp).suffix else Path("exp") / f"{args.exp}.py"
+    passed = ["--output", args.output, *(["--data", args.data] if args.data else [])]
+    passed += [
+        flag
+        for flag, on in (("--debug", args.debug), ("--resume", args.resume), ("--overwrite", args.overwrite))
+        if on
+    ]
+    for assignment in args.set:
+        passed += ["--set", assignment]
+    print(f"{exp}: folds {folds} over {len(groups)} device group(s): {args.gpus or default}", flush=True)
+    code, jobs = train_folds(exp_path.resolve(), exp, folds, groups, Path(args.output), passed)
+    print_summary(exp, jobs)
+    if code:
+        raise ShopeeError(
+            f"{sum(job.returncode != 0 for job in jobs)} of {len(jobs)} folds failed (see their logs)"
+        )
+
+
+def _cmd_runs(args: argparse.Namespace) -> None:
+    from shopee.runs import print_runs
+
+    print_runs(Path(args.output))
+
+
 def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
     from shopee.ensemble import optimize_ensemble
     from shopee.ensemble_file import read_ensemble, summary_table
@@ -401,6 +437,29 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--n-folds", type=int, default=5, help="GroupKFold folds [%(default)s]")
     base.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     base.set_defaults(func=_cmd_baselines)
+
+    train = sub.add_parser(
+        "train", help="train folds of an experiment side by side, one process per device group"
+    )
+    train.add_argument("exp", help="experiment name (exp/NAME.py) or path")
+    train.add_argument("--folds", default="all", help="folds: 0-4, 0,2,3 or all [%(default)s]")
+    train.add_argument(
+        "--gpus",
+        default=None,
+        help="device groups, one fold each at a time: 0,1,2,3 (a GPU each), 0+1,2+3 (two GPUs each, "
+        "data parallel under torchrun), cpu,cpu (two CPU processes) [every visible GPU, else cpu]",
+    )
+    train.add_argument("--data", default=None, help=DATA_HELP)
+    train.add_argument("--output", default="output", help="output root [%(default)s]")
+    train.add_argument("--debug", action="store_true", help="smoke runs")
+    train.add_argument("--resume", action="store_true", help="continue interrupted folds")
+    train.add_argument("--overwrite", action="store_true", help="train finished folds again")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    train.set_defaults(func=_cmd_train)
+
+    runs = sub.add_parser("runs", help="every finished fold and ensemble in the output folder, best first")
+    runs.add_argument("--output", default="output", help="output root [%(default)s]")
+    runs.set_defaults(func=_cmd_runs)
 
     opt = sub.add_parser("optimize-ensemble", help="search matching thresholds and rules on CV F1")
     opt.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (output/EXP/foldK)")

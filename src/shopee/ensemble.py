@@ -454,6 +454,7 @@ def optimize_ensemble(
     ensembles = output / "ensembles"
     write_report(ensembles / name, ensemble, result, scorer, oof)
     write_ensemble(ensembles / f"{name}.json", ensemble)
+    _track(output, ensemble, use_tfidf, use_phash, blend_stages)
     return {
         "name": name,
         "objective": objective,
@@ -467,6 +468,34 @@ def optimize_ensemble(
         ),
         "members": {n: a[objective] for n, a in result.alone.items()},
     }
+
+
+def _track(output: Path, ensemble: dict[str, Any], tfidf: bool, phash: bool, blend_stages: int) -> None:
+    """The search in MLflow (when installed): what was searched as params, every CV F1 as metrics."""
+    from shopee.tracking import Tracker
+
+    params = {
+        "experiments": ensemble["experiments"],
+        "objective": ensemble["objective"],
+        "tfidf": tfidf,
+        "phash": phash,
+        "blend_stages": blend_stages,
+        "pair_model": bool(ensemble.get("pair_model")),
+        "members": [m["name"] for m in ensemble["params"]["members"]],
+    }
+    tags = {
+        "output": str((output / "ensembles" / f"{ensemble['name']}.json").resolve()),
+        "data": ensemble["data"]["train_sha256"][:10],
+    }
+    tracker = Tracker.start(output, "ensembles", ensemble["name"], params, tags)
+    figures = {
+        key: value for key, value in ensemble.items() if key.startswith("cv_f1") and isinstance(value, float)
+    }
+    if ensemble.get("pair_model"):
+        figures["cv_f1_pair_model"] = ensemble["pair_model"]["cv_f1"]
+        figures["cv_f1_pair_model_heldout"] = ensemble["pair_model"]["cv_f1_heldout"]
+    tracker.metrics({**figures, "seconds": ensemble["seconds"], "evaluations": ensemble["evaluations"]})
+    tracker.end()
 
 
 def _combined_sources(

@@ -113,6 +113,7 @@ def _train_one(
     """One fold; a distributed run whose other process died ends in one error line."""
     import torch.distributed
 
+    from shopee.tracking import end_active
     from shopee.train import train_fold
 
     try:
@@ -127,7 +128,10 @@ def _train_one(
             overwrite=args.overwrite,
             code_dir=Path(exp_file).resolve().parent,
         )
-    except RuntimeError as exc:  # torch.distributed.DistError is one too
+    except BaseException as exc:
+        end_active(failed=True)  # an MLflow run left open is marked failed
+        if not isinstance(exc, RuntimeError):  # torch.distributed.DistError is one too
+            raise
         if not torch.distributed.is_initialized() or not _peer_failure(exc):
             raise
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's stop signal: the line below says it all

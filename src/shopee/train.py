@@ -48,6 +48,7 @@ from shopee.outputs import MODEL_FILE, FoldRecord, fold_dir, is_finished, partia
 from shopee.progress import Progress
 from shopee.runtime import Runtime
 from shopee.sampling import epoch_indices, epoch_length
+from shopee.tracking import Tracker
 
 RANK_SEED_STRIDE = 7919  # process k of a distributed run draws dropout and augmentation from seed + k * this
 
@@ -249,6 +250,23 @@ def train_fold(
         if data.skipped:
             log(f"image_policy skip: {data.skipped} training rows with unusable images left out")
     embeddings: dict[str, np.ndarray] = {}
+    tracker = Tracker.start(
+        output,
+        exp,
+        f"fold{fold}" + (" debug" if debug else ""),
+        cfg.to_dict(),
+        {
+            "exp": exp,
+            "fold": fold,
+            "git_commit": git_commit(code_dir or Path.cwd()),
+            "output": str(final.resolve()),
+            "data": data.fingerprint.short(),
+            "processes": dist.world,
+            "debug": debug,
+            "resumed_after_epoch": start_epoch,
+        },
+        enabled=dist.is_main,
+    )
 
     epoch = 0
     for stage_no, stage in enumerate(stages):
@@ -290,6 +308,7 @@ def train_fold(
                 "step_losses": [round(v, 6) for v in step_losses],
             }
             history.append(entry)
+            tracker.epoch(entry)
             log(
                 f"epoch {e + 1}/{total_epochs} loss {loss:.4f} margin {margin:.2f} "
                 + " ".join(
@@ -326,6 +345,10 @@ def train_fold(
 
     # this run's time (after a resume: since the resume)
     summary = _summary(exp, fold, history[-1]["scores"], time.perf_counter() - started)
+    tracker.metrics(
+        {"cv_f1": summary["cv_f1"], "minutes": summary["seconds"] / 60, "dense_seconds": dense_seconds}
+    )
+    tracker.end()
     if not dist.is_main:  # rank 0 writes the outputs; the others wait for them, then leave
         dist.barrier()
         dist.close()
