@@ -96,15 +96,15 @@ def test_bench_match_rejects_tiny_inputs(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_bench_density_tunes_on_a_subset_and_scores_on_other_groups(
-    small_demo_dir, text_dir, tmp_path, capsys: pytest.CaptureFixture[str]
+    demo_copy, text_dir, tmp_path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["bench", "density", "--data", str(small_demo_dir), "--work", str(tmp_path), "--exp", "exp003"]
+    argv = ["bench", "density", "--data", str(demo_copy), "--work", str(tmp_path / "work"), "--exp", "exp003"]
     argv += ["--tune-rows", "60", "--sizes", "20,40", "--folds", "0", "--no-phash"]
     argv += ["--set", f"text_model={text_dir}", "--set", "text_pretrained=false", "--set", "epochs=1"]
     assert main(argv) == 0, capsys.readouterr().err
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    source = pd.read_csv(small_demo_dir / "train.csv", dtype=str)
-    tuning = pd.read_csv(tmp_path / "tune-data" / "train.csv", dtype=str)
+    source = pd.read_csv(demo_copy / "train.csv", dtype=str)
+    tuning = pd.read_csv(tmp_path / "work" / "tune-data" / "train.csv", dtype=str)
     # whole groups, none of them among the rows it is scored on
     assert tuning["label_group"].value_counts().to_dict() == {
         g: n for g, n in source["label_group"].value_counts().items() if g in set(tuning["label_group"])

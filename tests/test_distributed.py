@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,7 +64,7 @@ if __name__ == "__main__":
     raise SystemExit(run(CFG, __file__))
 '''
     )
-    return exp, small_demo_dir
+    return exp, Path(shutil.copytree(small_demo_dir, root / "data"))  # the shared demo stays untouched
 
 
 def _train(

@@ -187,7 +187,7 @@ def test_bench_train_prints_rates_and_ratios(demo_copy: Path) -> None:
 
 
 def test_the_schedule_ends_with_the_epoch_it_was_sized_for(
-    small_demo_dir: Path, text_dir: Path, tmp_path: Path
+    demo_copy: Path, text_dir: Path, tmp_path: Path
 ) -> None:
     """Balanced resampling draws more rows than the fold has: the cosine schedule must be sized
     from what an epoch really yields, or it runs past its end and the learning rate rises again."""
@@ -207,10 +207,10 @@ def test_the_schedule_ends_with_the_epoch_it_was_sized_for(
         warmup=0.0,
         num_workers=0,
     )
-    data = load_fold_data(cfg, small_demo_dir, 0, debug=False)
+    data = load_fold_data(cfg, demo_copy, 0, debug=False)
     assert epoch_length(data.train_labels, cfg) > len(data.train) + 2 * cfg.batch_size  # the case at hand
-    train_fold(cfg, "sched", 0, small_demo_dir, tmp_path)
-    history = json.loads((tmp_path / "sched" / "fold0" / "metrics.json").read_text())["epochs"]
+    train_fold(cfg, "sched", 0, demo_copy, tmp_path / "output")
+    history = json.loads((tmp_path / "output" / "sched" / "fold0" / "metrics.json").read_text())["epochs"]
     assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine's end, not past it
 
 
