@@ -249,6 +249,8 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
         heldout_estimate=args.heldout,
         by_size=args.by_size,
         pair_model=args.pair_model,
+        pca_dims=_dims(args.pca),
+        pca_whiten=args.pca_whiten,
     )
     ensemble = read_ensemble(output / "ensembles" / f"{args.name}.json")
     print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -374,6 +376,16 @@ def _cmd_score(args: argparse.Namespace) -> None:
     )
 
 
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ShopeeError(f"--pca {text!r}: expected dimensions such as 64,128") from None
+    if any(d < 2 for d in dims):
+        raise ShopeeError(f"--pca {text!r}: a dimension must be at least 2")
+    return dims
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -481,6 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also run the search once per left-out fold and report its F1 there [on]",
     )
+    opt.add_argument(
+        "--pca",
+        default="",
+        metavar="DIMS",
+        help="also try PCA of every embedding concatenated, to these dimensions (e.g. 64,128), as members",
+    )
+    opt.add_argument("--pca-whiten", action="store_true", help="whiten those PCA components")
     opt.add_argument(
         "--pair-model",
         action="store_true",

@@ -18,7 +18,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from shopee.constants import AMP_MODES, DEFAULT_EMBED_DIM, HEADS, IMAGE_POLICIES, K
+from shopee.constants import AMP_MODES, DEFAULT_EMBED_DIM, HEADS, IMAGE_POLICIES, TFIDF_TEXT_MODEL, K
 from shopee.errors import ShopeeError
 
 
@@ -56,6 +56,8 @@ class Config:
     text_weights: str = ""  # a local Hugging Face model directory; overrides the lookup
     text_pool: str = "mean"
     max_len: int = 32
+    tfidf_dim: int = 128  # text_model "tfidf_pca": PCA dimensions of the TF-IDF of the titles ...
+    tfidf_hidden: int = 512  # ... and the width of its two-layer MLP
     # --- neck, fusion, head ---------------------------------------------------------------------
     neck: str = "bn"
     # Width of a projecting neck (linear_bn, linear_bn_prelu, fc_dropout) and of the shared
@@ -75,6 +77,10 @@ class Config:
     margin_start: float | None = None  # ramp the margin from here to `margin` ...
     margin_ramp_epochs: int = 0  # ... over this many epochs (0 = no ramp)
     subcenters: int = 3
+    neg_samples: int = 5  # head "neg_sampling": negatives drawn per row ...
+    neg_scale: float = 1.0  # ... and the scale of z_i . z_j inside the sigmoid (1: as described)
+    proto_clusters: int = 0  # a "protonce" stage: k-means clusters (0: one per training group) ...
+    proto_temperature: float = 0.1  # ... and the temperature of its two contrasts
     adaptive_margin: bool = False  # per-class margin growing as the class gets smaller
     adaptive_margin_min: float = 0.2  # margin of the largest class (the smallest gets `margin`)
     # --- optimisation ---------------------------------------------------------------------------
@@ -157,6 +163,10 @@ class Config:
             raise ConfigError("fusion='none' needs one encoder only: set image_model or text_model to ''")
         if self.fusion != "none" and not both:
             raise ConfigError(f"fusion={self.fusion!r} needs both encoders; use fusion='none'")
+        if self.text_model == TFIDF_TEXT_MODEL and self.fusion == "early":
+            raise ConfigError(
+                "text_model='tfidf_pca' has no tokens for early fusion; use late, multi or none"
+            )
         if self.shared_projection and self.fusion != "multi":
             raise ConfigError("shared_projection=true needs fusion='multi' (one head for image and text)")
         if self.early_dim % self.early_heads:
@@ -169,6 +179,12 @@ class Config:
             raise ConfigError(f"layer_decay={self.layer_decay} must be in (0, 1]")
         if not 0 <= self.warmup < 1:
             raise ConfigError(f"warmup={self.warmup} must be in [0, 1)")
+        if self.head == "neg_sampling":
+            positive("neg_samples", "neg_scale")
+            if self.batch_size % 2:
+                raise ConfigError(
+                    f"batch_size={self.batch_size}: head 'neg_sampling' takes batches of pairs (an even size)"
+                )
         if self.adaptive_margin and not 0 <= self.adaptive_margin_min <= self.margin:
             raise ConfigError(
                 f"adaptive_margin_min={self.adaptive_margin_min} must be between 0 and margin={self.margin}"
@@ -269,21 +285,26 @@ def parse_value(key: str, text: str, hint: Any) -> Any:
     raise ConfigError(f"--set {key}: cannot parse a value of type {hint}")
 
 
+STAGE_LOSSES = ("margin", "protonce")  # the loss a stage trains with (protonce: see models/contrastive)
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a staged schedule: which parts train, for how long, at what learning rate."""
+    """One stage of a staged schedule: which parts train, for how long, at what learning rate,
+    with which loss (``margin``: the model's head; ``protonce``: unsupervised, clusters)."""
 
     epochs: int
     train: tuple[str, ...]
     lr_scale: float = 1.0
     name: str = ""
+    loss: str = "margin"
 
 
 def parse_stage(stage: dict[str, Any], index: int) -> Stage:
     where = f"stages[{index}]"
     if not isinstance(stage, dict):
         raise ConfigError(f"{where} must be a dict like {{'epochs': 1, 'train': ['head']}}")
-    unknown = set(stage) - {"epochs", "train", "lr_scale", "name"}
+    unknown = set(stage) - {"epochs", "train", "lr_scale", "name", "loss"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     epochs = stage.get("epochs")
@@ -302,7 +323,10 @@ def parse_stage(stage: dict[str, Any], index: int) -> Stage:
     lr_scale = float(stage.get("lr_scale", 1.0))
     if lr_scale <= 0:
         raise ConfigError(f"{where}.lr_scale={lr_scale} must be positive")
-    return Stage(epochs, tuple(str(p) for p in train), lr_scale, str(stage.get("name", "")))
+    loss = stage.get("loss", "margin")
+    if loss not in STAGE_LOSSES:
+        raise ConfigError(f"{where}.loss={loss!r}: use one of {', '.join(STAGE_LOSSES)}")
+    return Stage(epochs, tuple(str(p) for p in train), lr_scale, str(stage.get("name", "")), loss)
 
 
 def stages_of(cfg: Config) -> list[Stage]:

@@ -16,9 +16,11 @@ MAX_OTHERS = K - 1  # so a row matches at most 50 others
 IMAGE_POLICIES = ("error", "skip", "blank")  # a missing or unreadable image: stop, drop, blank it
 # ``skip`` would leave rows out of a submission: predicting accepts only these two.
 PREDICT_IMAGE_POLICIES = ("error", "blank")
-HEADS = ("arcface", "cosface", "subcenter_arcface", "curricularface", "adacos")
+MARGIN_HEADS = ("arcface", "cosface", "subcenter_arcface", "curricularface", "adacos")
+HEADS = (*MARGIN_HEADS, "neg_sampling")  # neg_sampling: the sampled-negative sigmoid loss
 EMBEDDING_KINDS = ("fused", "img", "txt")  # in the order reports list them
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # mixed precision; see ``shopee.runtime``
+TFIDF_TEXT_MODEL = "tfidf_pca"  # text_model: TF-IDF + PCA + MLP titles (models/tfidf_encoder.py)
 DEFAULT_EMBED_DIM = 512  # width of a projecting neck (linear_bn ...) when ``embed_dim`` is unset
 
 # --- threshold grids (every search and every "F1 at the best threshold" uses these) -------------

@@ -38,6 +38,7 @@ class PostingDataset(Dataset):
         labels: np.ndarray | None = None,
         transform: A.Compose | None = None,
         image_policy: ImagePolicy = "error",
+        text_features: np.ndarray | None = None,
     ) -> None:
         self.n = len(df)
         self.image_size = image_size
@@ -49,6 +50,9 @@ class PostingDataset(Dataset):
             self.ok = df["image_ok"].to_numpy(dtype=bool) if "image_ok" in df else np.ones(self.n, bool)
             self.mean = np.asarray(mean, dtype=np.float32) * 255.0
             self.std = np.asarray(std, dtype=np.float32) * 255.0
+        self.text_features = (
+            None if text_features is None else torch.as_tensor(text_features, dtype=torch.float32)
+        )
         self.input_ids = self.attention_mask = None
         if tokenizer is not None:
             encoded = tokenizer(
@@ -82,6 +86,8 @@ class PostingDataset(Dataset):
             item["label"] = self.labels[i]
         if self.image_size:
             item["image"] = self.image(i)
+        if self.text_features is not None:
+            item["text_features"] = self.text_features[i]
         if self.input_ids is not None:
             item["input_ids"] = self.input_ids[i]
             item["attention_mask"] = self.attention_mask[i]
@@ -109,8 +115,12 @@ def dataset_for(
     image_kwargs: dict = {}
     if model.image is not None:
         image_kwargs = dict(image_size=cfg.image_size, mean=model.image.mean, std=model.image.std)
+    features = None
+    if getattr(model.text, "needs_features", False):  # TF-IDF + PCA: computed once, here
+        features = model.text.features(df["title"].tolist())
     return PostingDataset(
         df,
+        text_features=features,
         tokenizer=model.text.tokenizer if model.text is not None else None,
         max_len=cfg.max_len,
         labels=labels,

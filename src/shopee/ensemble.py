@@ -31,6 +31,7 @@ from shopee.errors import ShopeeError
 from shopee.match import PARAMS_VERSION, validate_params
 from shopee.oof import OOFSet
 from shopee.progress import Progress
+from shopee.projection import fit_projection, source_name
 from shopee.scoring import OBJECTIVES, Scorer, Scores, Universe, build_universes
 from shopee.size_curve import fit, get_value, set_value, tunables
 
@@ -342,6 +343,8 @@ def optimize_ensemble(
     heldout_estimate: bool = True,
     by_size: bool = True,
     pair_model: bool = False,
+    pca_dims: tuple[int, ...] = (),
+    pca_whiten: bool = False,
 ) -> dict[str, Any]:
     """Load the experiments' OOF, search the params, write ``<output>/ensembles/NAME.json`` and
     the report folder; returns the summary printed as the last line."""
@@ -378,12 +381,27 @@ def optimize_ensemble(
                 f"(first {wanted[np.argmax(missing)]!r}); the experiments used other data"
             )
     pool, combined = embedding_members(oof)
+    projections = {}
+    for dim in pca_dims:  # PCA of every embedding concatenated, fitted on the OOF rows
+        source = source_name(dim, pca_whiten)
+        projections[source] = fit_projection(oof.embeddings, list(oof.embeddings), dim, pca_whiten)
+        pool.append(
+            {
+                "name": source.split(":")[0],
+                "type": "embedding",
+                "source": source,
+                "threshold": 0.5,
+                "blend": [],
+            }
+        )
     if use_tfidf:
         pool.append({"name": "tfidf", "type": "tfidf", "threshold": 0.6, "analyzer": "word"})
     if use_phash:
         pool.append({"name": "phash", "type": "phash", "max_distance": 0})
     objectives = {"fold", objective} | ({"dense"} if oof.has_dense else set())
-    scorer = Scorer(build_universes(oof, objectives, combined, text), backend=backend, device=device)
+    scorer = Scorer(
+        build_universes(oof, objectives, combined, text, projections), backend=backend, device=device
+    )
     sizes = ", ".join(f"{u.name} {u.n}" for u in scorer.universes)
     print(
         f"optimizing {name} on {objective}: {len(oof.index)} OOF rows (sets: {sizes}), {len(pool)} members",
@@ -443,6 +461,7 @@ def optimize_ensemble(
             for n, a in result.alone.items()
         },
         "combined_sources": _combined_sources(combined, result.params),
+        "projections": _save_projections(projections, result.params, output / "ensembles", name),
         "experiments": {exp: oof.folds for exp in experiments},
         "skipped": oof.skipped,
         "data": {"dir": oof.data_dir, "oof_rows": len(oof.index), **oof.data.to_dict()},
@@ -496,6 +515,25 @@ def _track(output: Path, ensemble: dict[str, Any], tfidf: bool, phash: bool, ble
         figures["cv_f1_pair_model_heldout"] = ensemble["pair_model"]["cv_f1_heldout"]
     tracker.metrics({**figures, "seconds": ensemble["seconds"], "evaluations": ensemble["evaluations"]})
     tracker.end()
+
+
+def _save_projections(
+    projections: dict[str, Any], params: dict[str, Any], folder: Path, name: str
+) -> dict[str, Any]:
+    """Each projection the params use, saved beside the ensemble file (``NAME.pca128.npz``)."""
+    used = {m.get("source") for m in params["members"]}
+    out = {}
+    for source, projection in projections.items():
+        if source in used:
+            file = f"{name}.{source.split(':')[0]}.npz"
+            projection.save(folder / file)
+            out[source] = {
+                "parts": projection.parts,
+                "dim": projection.dim,
+                "whiten": projection.whiten,
+                "file": file,
+            }
+    return out
 
 
 def _combined_sources(

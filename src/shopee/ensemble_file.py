@@ -6,6 +6,8 @@
      "params": {...},                     # the matching params (shopee.match.rules)
      "experiments": {"exp001": [0, 1]},   # the fold models whose embeddings the params use
      "combined_sources": {"cat:txt": [{"source": "exp001:txt", "weight": 1.0}, ...]},
+     "projections": {"pca128:all": {"parts": [...], "dim": 128, "whiten": false,
+                                    "file": "v1.pca128.npz"}},   # PCA of concatenated sources
      "data": {"dir": ..., "oof_rows": ..., "train_sha256": ..., "folds_sha256": ...,
               "rows": ..., "n_folds": ...},   # what the folds were trained on (DataFingerprint)
      "objective": "dense",           # the CV set the search maximized F1 on (shopee.scoring)
@@ -18,7 +20,8 @@
 
 An embedding source is ``<exp>:<kind>`` (the fold models' embeddings of that kind, averaged over
 folds and re-normalized) or ``cat:<kind>`` (several such sources concatenated with weights, as
-``combined_sources`` says).
+``combined_sources`` says) or ``pca<dim>:all`` (the concatenation of its parts reduced by the PCA
+stored beside the ensemble file, ``shopee.projection``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from shopee.atomic import write_json
 from shopee.errors import ShopeeError
 from shopee.folds import DataFingerprint
 from shopee.match import validate_params
+from shopee.projection import is_projection
 from shopee.size_curve import params_at_rows, tunables
 
 ENSEMBLE_FORMAT = 2
@@ -95,9 +99,31 @@ def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
                 _fail(where, f"combined_sources.{source}[{i}]", "expected {source, weight}")
             field = f"combined_sources.{source}[{i}].source"
             _check_source(part.get("source"), experiments, {}, where, field)
+    projections = ensemble.get("projections", {})
+    if not isinstance(projections, dict):
+        _fail(where, "projections", f"expected an object, got {projections!r}")
+    for source, spec in projections.items():
+        if (
+            not isinstance(spec, dict)
+            or Path(str(spec.get("file"))).name != spec.get("file")
+            or not spec.get("parts")
+        ):
+            _fail(
+                where,
+                f"projections.{source}",
+                "expected {parts, dim, whiten, file} with a file beside the ensemble",
+            )
+        for i, part in enumerate(spec["parts"]):
+            _check_source(part, experiments, {}, where, f"projections.{source}.parts[{i}]")
     for i, member in enumerate(params["members"]):
         if member["type"] == "embedding":
-            _check_source(member["source"], experiments, combined, where, f"params.members[{i}].source")
+            _check_source(
+                member["source"],
+                experiments,
+                {**combined, **projections},
+                where,
+                f"params.members[{i}].source",
+            )
     if ensemble.get("objective") not in ("dense", "fold", "all"):
         _fail(where, "objective", f"expected dense, fold or all, got {ensemble.get('objective')!r}")
     _number(ensemble, "cv_f1", where)
@@ -124,9 +150,9 @@ def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
 def _check_source(source: Any, experiments: dict, combined: dict, where: str, field: str) -> None:
     if not isinstance(source, str) or ":" not in source:
         _fail(where, field, f"expected <exp>:<kind> or cat:<kind>, got {source!r}")
-    if source.startswith(COMBINED_PREFIX):
+    if source.startswith(COMBINED_PREFIX) or is_projection(source):
         if source not in combined:
-            _fail(where, field, f"{source} is not described in combined_sources")
+            _fail(where, field, f"{source} is not described in combined_sources or projections")
     elif source.split(":", 1)[0] not in experiments:
         _fail(where, field, f"{source}: its experiment is not one of {', '.join(experiments)}")
 
@@ -167,10 +193,21 @@ def embedding_sources(ensemble: dict[str, Any]) -> tuple[set[str], set[str]]:
     """(sources the params use, the ``<exp>:<kind>`` sources the fold models must produce)."""
     needed = {m["source"] for m in ensemble["params"]["members"] if m["type"] == "embedding"}
     combined = ensemble.get("combined_sources", {})
-    base = {s for s in needed if not s.startswith(COMBINED_PREFIX)}
+    projections = ensemble.get("projections", {})
+    base = {s for s in needed if not s.startswith(COMBINED_PREFIX) and not is_projection(s)}
     for source in needed & set(combined):
         base |= {part["source"] for part in combined[source]}
+    for source in needed & set(projections):
+        base |= set(projections[source]["parts"])
     return needed, base
+
+
+def side_files(ensemble_path: str | Path, ensemble: dict[str, Any]) -> list[Path]:
+    """The files the ensemble keeps beside itself: its pair model and its projections."""
+    folder = Path(ensemble_path).parent
+    files = [folder / spec["file"] for spec in ensemble.get("projections", {}).values()]
+    pairs = pair_model_path(ensemble_path, ensemble)
+    return files + ([pairs] if pairs else [])
 
 
 def summary_table(ensemble: dict[str, Any]) -> pd.DataFrame:

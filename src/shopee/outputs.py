@@ -34,6 +34,7 @@ import pandas as pd
 
 from shopee.atomic import atomic_path, write_json
 from shopee.config import Config, embedding_kinds
+from shopee.constants import TFIDF_TEXT_MODEL
 from shopee.errors import ShopeeError
 from shopee.folds import DataFingerprint, fingerprint_of_dir
 
@@ -235,6 +236,8 @@ class FoldRecord:
         cfg = self.config
         image = (cfg.image_model, cfg.image_size) if cfg.image_model else None
         text = (self.text_key, cfg.max_len) if cfg.text_model else None
+        if cfg.text_model == TFIDF_TEXT_MODEL:  # its inputs come from this fold's own vocabulary
+            text = (cfg.text_model, str(self.path))
         return image, text
 
     def require(self, names: tuple[str, ...] = MODEL_FILES, why: str = "") -> FoldRecord:

@@ -37,6 +37,7 @@ from shopee.match import match, matches_to_strings
 from shopee.metrics import MatchScore, score_submission
 from shopee.oof import combined_embedding
 from shopee.outputs import FoldRecord, fold_dir
+from shopee.projection import Projection, is_projection
 from shopee.runtime import Runtime, visible_devices
 from shopee.size_curve import describe
 
@@ -88,8 +89,10 @@ def ensemble_embeddings(
     *,
     tta: str | None = None,
     text_dirs: Mapping[str, str | Path] | None = None,
+    ensemble_dir: Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every embedding source the params use, for the rows of ``df``.
+    """Every embedding source the params use, for the rows of ``df`` (projections are read from
+    ``ensemble_dir``, where the ensemble file lies).
 
     Each ``<exp>:<kind>`` is the mean of the experiment's fold models' embeddings, re-normalized;
     fold models (of any experiment) that read identical batches embed in one pass, in the
@@ -130,6 +133,9 @@ def ensemble_embeddings(
         embeddings[source] = combined_embedding(
             [embeddings[p["source"]] for p in parts], [p["weight"] for p in parts]
         )
+    for source in sorted(s for s in needed if is_projection(s)):
+        spec = ensemble["projections"][source]
+        embeddings[source] = Projection.load(Path(ensemble_dir or ".") / spec["file"])(embeddings)
     return embeddings
 
 
@@ -192,7 +198,15 @@ def predict(
     timings["read data"] = round(time.perf_counter() - started, 2)
     devices = list(devices) if devices else visible_devices()
     embeddings = ensemble_embeddings(
-        ensemble, records, df, devices, image_policy, timings, tta=tta, text_dirs=text_dirs
+        ensemble,
+        records,
+        df,
+        devices,
+        image_policy,
+        timings,
+        tta=tta,
+        text_dirs=text_dirs,
+        ensemble_dir=Path(ensemble_path).parent,
     )
     started = time.perf_counter()
     inputs = dict(embeddings=embeddings, titles=df["title"].to_numpy(), phashes=df["image_phash"].to_numpy())

@@ -16,7 +16,7 @@ scored:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -70,11 +70,13 @@ class Universe:
 
 
 def _with_combined(
-    embeddings: dict[str, np.ndarray], combined: dict[str, list[str]]
+    embeddings: dict[str, np.ndarray], combined: dict[str, list[str]], projections: Mapping[str, Any] | None
 ) -> dict[str, np.ndarray]:
     out = dict(embeddings)
     for source, parts in combined.items():
         out[source] = combined_embedding([embeddings[p] for p in parts], [1.0] * len(parts))
+    for source, projection in (projections or {}).items():
+        out[source] = projection(embeddings)
     return out
 
 
@@ -83,10 +85,12 @@ def build_universes(
     objectives: Iterable[str],
     combined: dict[str, list[str]],
     text: pd.DataFrame | None = None,
+    projections: Mapping[str, Any] | None = None,
 ) -> list[Universe]:
     """The universes the objectives need. ``combined`` maps a ``cat:<kind>`` source to the
-    ``<exp>:<kind>`` sources it concatenates; ``text`` (train rows indexed by posting_id, with
-    ``title`` and ``image_phash``) feeds TF-IDF and phash members."""
+    ``<exp>:<kind>`` sources it concatenates, ``projections`` a ``pca...`` source to its fitted
+    ``projection.Projection``; ``text`` (train rows indexed by posting_id, with ``title`` and
+    ``image_phash``) feeds TF-IDF and phash members."""
 
     def text_of(ids: np.ndarray, column: str) -> np.ndarray | None:
         return None if text is None else text.loc[ids, column].to_numpy()
@@ -101,7 +105,7 @@ def build_universes(
             Universe(
                 "all",
                 "all",
-                _with_combined(base, combined),
+                _with_combined(base, combined, projections),
                 oof.labels,
                 text_of(ids, "title"),
                 text_of(ids, "image_phash"),
@@ -115,7 +119,7 @@ def build_universes(
                 Universe(
                     f"fold{fold}",
                     "fold",
-                    _with_combined({k: v[rows] for k, v in base.items()}, combined),
+                    _with_combined({k: v[rows] for k, v in base.items()}, combined, projections),
                     oof.labels[rows],
                     text_of(fold_ids, "title"),
                     text_of(fold_ids, "image_phash"),
@@ -130,7 +134,7 @@ def build_universes(
                 Universe(
                     f"dense{fold}",
                     "dense",
-                    _with_combined(embeddings, combined),
+                    _with_combined(embeddings, combined, projections),
                     np.concatenate([oof.labels[rows], dense.index["label_group"].to_numpy()]),
                     text_of(all_ids, "title"),
                     text_of(all_ids, "image_phash"),

@@ -42,6 +42,7 @@ from shopee.evaluate import evaluate_embeddings
 from shopee.folds import DataFingerprint, load_folds
 from shopee.gitinfo import git_commit
 from shopee.models import ShopeeModel
+from shopee.models.contrastive import bounded_kmeans, proto_nce, size_band
 from shopee.models.heads import margin_at
 from shopee.optim import build_optimizer, freeze_batchnorm_stats, set_trainable, stage_scheduler
 from shopee.outputs import MODEL_FILE, FoldRecord, fold_dir, is_finished, partial_dir, write_fold
@@ -49,6 +50,31 @@ from shopee.progress import Progress
 from shopee.runtime import Runtime
 from shopee.sampling import epoch_indices, epoch_length
 from shopee.tracking import Tracker
+
+
+@dataclass
+class Clusters:
+    """A "protonce" epoch's k-means clusters of the training rows (sizes within their band) and
+    the running accuracies of its two contrasts."""
+
+    targets: torch.Tensor  # cluster of each training row (dataset index)
+    prototypes: torch.Tensor
+    temperature: float
+    accuracy: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+
+    def loss(self, forward, batch: dict[str, torch.Tensor], kinds: list[str]) -> torch.Tensor:
+        """Two views of the batch (dropout; images also mirrored), summed over embedding kinds."""
+        plain = {k: v for k, v in batch.items() if k != "label"}
+        second = {**plain, "image": plain["image"].flip(-1)} if "image" in plain else plain
+        one, two = forward(plain), forward(second)
+        targets = self.targets[batch["index"]]
+        total, inst, proto = 0.0, [], []
+        for kind in kinds:
+            loss, a, b = proto_nce(one[kind], two[kind], targets, self.prototypes, self.temperature)
+            total, inst, proto = total + loss, [*inst, a], [*proto, b]
+        self.accuracy.append((float(np.mean(inst)), float(np.mean(proto))))
+        return total
+
 
 RANK_SEED_STRIDE = 7919  # process k of a distributed run draws dropout and augmentation from seed + k * this
 
@@ -190,7 +216,10 @@ def train_fold(
 
     runtime = Runtime.for_config(cfg, dist.device())
     torch.manual_seed(cfg.seed)
-    model = runtime.prepare(ShopeeModel(cfg, data.n_classes))
+    model = ShopeeModel(cfg, data.n_classes)
+    if hasattr(model.text, "fit"):  # a fixed part fitted on the fold's training titles (TF-IDF + PCA)
+        model.text.fit(data.train["title"].tolist())
+    model = runtime.prepare(model)
     if dist.enabled and cfg.sync_bn:
         if runtime.on_cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -294,6 +323,9 @@ def train_fold(
             model.set_margin(margin)
             if cfg.adaptive_margin:
                 model.set_class_margins(class_sizes.to(runtime.device), margin / cfg.margin)
+            stepper.clusters = None
+            if stage.loss == "protonce":
+                stepper.clusters = _cluster(model, embed_rows_of, data, cfg, e, runtime, log)
             loss, step_losses = _train_epoch(stepper, train_ds, data.train_labels, e, scheduler, debug, log)
             embeddings = embed_valid()
             scores = {k: evaluate_embeddings(embeddings[k], valid_labels, cfg.eval_k) for k in kinds}
@@ -307,6 +339,10 @@ def train_fold(
                 "scores": scores,
                 "step_losses": [round(v, 6) for v in step_losses],
             }
+            if stepper.clusters is not None:
+                accuracy = np.mean(stepper.clusters.accuracy, axis=0) if stepper.clusters.accuracy else (0, 0)
+                entry["instance_acc"], entry["proto_acc"] = float(accuracy[0]), float(accuracy[1])
+                log(f"protonce: instance accuracy {accuracy[0]:.3f}, prototype accuracy {accuracy[1]:.3f}")
             history.append(entry)
             tracker.epoch(entry)
             log(
@@ -440,6 +476,29 @@ def zero_shot(
     return {**summary, "zero_shot": True, "rows": len(labels)}
 
 
+def _cluster(
+    model, embed_rows_of, data: FoldData, cfg: Config, epoch: int, runtime: Runtime, log
+) -> Clusters:
+    """The epoch's clusters: the training rows embedded by the current model, k-means with sizes
+    held in their band (``bounded_kmeans``); k = ``proto_clusters`` or one per training group."""
+    embeddings = embed_rows_of(data.train, "clustering")
+    kind = model.kinds[-1]  # fused when there is one, else the only kind
+    n = len(data.train)
+    k = min(cfg.proto_clusters or data.n_classes, n // 2)
+    assign, centroids = bounded_kmeans(embeddings[kind], k, seed=cfg.seed * 1000 + epoch)
+    sizes = np.bincount(assign, minlength=k)
+    low, high = size_band(n, k)
+    log(
+        f"protonce: {k} clusters of the {kind} embeddings, sizes {sizes.min()}..{sizes.max()} "
+        f"(band {low}..{high})"
+    )
+    return Clusters(
+        torch.as_tensor(assign, device=runtime.device),
+        torch.as_tensor(centroids, device=runtime.device),
+        cfg.proto_temperature,
+    )
+
+
 def _steps_per_epoch(n_rows: int, cfg: Config, debug: bool) -> int:
     """Optimizer updates in an epoch of ``n_rows`` rows (``epoch_length``), as ``_train_epoch``
     makes them: full batches only, an update every ``accum_steps`` batches and after the last."""
@@ -462,6 +521,7 @@ class Stepper:
     runtime: Runtime
     dist: Dist = dataclasses.field(default_factory=Dist)
     ddp: torch.nn.Module | None = None
+    clusters: Clusters | None = None  # set for the epochs of a "protonce" stage
 
     def wrap(self) -> None:
         if self.dist.enabled:
@@ -475,7 +535,10 @@ class Stepper:
         batch = self.runtime.to_device(batch)
         forward = self.ddp if self.ddp is not None else self.model
         with self.runtime.autocast():
-            loss = forward(batch)["loss"]
+            if self.clusters is None:
+                loss = forward(batch)["loss"]
+            else:
+                loss = self.clusters.loss(forward, batch, self.model.kinds)
         if not torch.isfinite(loss):
             raise ShopeeError(f"loss is {loss.item()} {where}: lower the learning rates")
         self.scaler.scale(loss / self.cfg.accum_steps).backward()

@@ -24,7 +24,7 @@ import nbformat
 import shopee
 from shopee.atomic import atomic_dir, replace_dir, write_json, write_text
 from shopee.constants import PREDICT_IMAGE_POLICIES
-from shopee.ensemble_file import pair_model_path, read_ensemble
+from shopee.ensemble_file import read_ensemble, side_files
 from shopee.errors import ShopeeError
 from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
@@ -117,11 +117,11 @@ def build_kernel(
     ensemble = read_ensemble(ensemble_path)
     output = Path(output) if output else ensemble_path.resolve().parent.parent
     records = ensemble_records(ensemble, output)
-    extra = [p for p in [pair_model_path(ensemble_path, ensemble)] if p is not None]
+    extra = side_files(ensemble_path, ensemble)
     for path in extra:
         if not path.is_file():
             raise ShopeeError(
-                f"{path}: the ensemble's pair model is missing (run optimize-ensemble --pair-model again)"
+                f"{path}: a file the ensemble keeps beside itself is missing (run optimize-ensemble again)"
             )
 
     notebook_dir, dataset_dir = Path(out) / slug, Path(out) / (slug + meta.DATASET_SUFFIX)

@@ -29,6 +29,7 @@ from typing import Any
 
 import shopee
 from shopee.atomic import write_json
+from shopee.constants import TFIDF_TEXT_MODEL
 from shopee.errors import ShopeeError
 from shopee.outputs import BUNDLE_FILES, MODEL_FILE, FoldRecord, fold_dir, write_inference_weights
 
@@ -87,7 +88,7 @@ def _copy_text_models(records: Iterable[FoldRecord], dest: Path) -> dict[str, st
     text_dirs: dict[str, str] = {}
     for record in records:
         cfg, key = record.config, record.text_key
-        if not cfg.text_model or key in text_dirs:
+        if not cfg.text_model or key in text_dirs or cfg.text_model == TFIDF_TEXT_MODEL:  # in its weights
             continue
         files = text_files_for_bundle(resolve_text_model(cfg.text_model, cfg.text_weights))
         name = _safe_name(key)
@@ -139,7 +140,7 @@ def write_bundle(
     """
     write_json(dest / "dataset-metadata.json", dict(dataset_metadata))
     shutil.copy2(ensemble_path, dest / ENSEMBLE_FILE)
-    for path in extra_files:  # files the ensemble names beside itself (its pair model)
+    for path in extra_files:  # files the ensemble keeps beside itself (pair model, projections)
         shutil.copy2(path, dest / path.name)
     _copy_package(dest / "shopee")
     copies = _copy_folds(records, dest, weights)

@@ -285,9 +285,21 @@ _HEADS: dict[str, type[MarginHead]] = {
 
 
 def build_head(
-    kind: str, embed_dim: int, n_classes: int, scale: float, margin: float, subcenters: int = 3
-) -> MarginHead:
-    """The head named by ``kind`` (one of ``HEADS``); ``subcenters`` only for sub-center."""
+    kind: str,
+    embed_dim: int,
+    n_classes: int,
+    scale: float,
+    margin: float,
+    subcenters: int = 3,
+    negatives: int = 5,
+    neg_scale: float = 1.0,
+) -> nn.Module:
+    """The head named by ``kind`` (one of ``HEADS``); ``subcenters`` only for sub-center,
+    ``negatives`` and ``neg_scale`` only for the sampled-negative loss."""
+    if kind == "neg_sampling":
+        from shopee.models.contrastive import SampledNegativeLoss
+
+        return SampledNegativeLoss(negatives, neg_scale)
     if kind not in _HEADS:
         raise ValueError(f"unknown head kind {kind!r}; choose one of {', '.join(HEADS)}")
     if kind == "subcenter_arcface":

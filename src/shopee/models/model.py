@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from shopee.config import Config, embedding_kinds
+from shopee.constants import TFIDF_TEXT_MODEL
 from shopee.models.encoders import ImageEncoder, TextEncoder
 from shopee.models.heads import MarginHead, adaptive_margins, build_head
 from shopee.models.necks import build_neck
+from shopee.models.tfidf_encoder import TfidfPcaEncoder
 
 
 class EarlyFusion(nn.Module):
@@ -68,11 +70,14 @@ class ShopeeModel(nn.Module):
             if cfg.image_model
             else None
         )
-        self.text = (
-            TextEncoder(cfg.text_model, cfg.text_pretrained, cfg.text_weights, cfg.text_pool)
-            if cfg.text_model
-            else None
-        )
+        if cfg.text_model == TFIDF_TEXT_MODEL:
+            self.text = TfidfPcaEncoder(cfg.tfidf_dim, cfg.tfidf_hidden)
+        else:
+            self.text = (
+                TextEncoder(cfg.text_model, cfg.text_pretrained, cfg.text_weights, cfg.text_pool)
+                if cfg.text_model
+                else None
+            )
         self.necks = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.projections = nn.ModuleDict()
@@ -85,7 +90,14 @@ class ShopeeModel(nn.Module):
             self.necks[kind] = neck
             if with_heads:
                 self.heads[kind] = build_head(
-                    cfg.head, width, n_classes, cfg.scale, cfg.margin, cfg.subcenters
+                    cfg.head,
+                    width,
+                    n_classes,
+                    cfg.scale,
+                    cfg.margin,
+                    cfg.subcenters,
+                    cfg.neg_samples,
+                    cfg.neg_scale,
                 )
 
         if cfg.fusion == "none":
@@ -117,8 +129,11 @@ class ShopeeModel(nn.Module):
             feature_map = self.image.feature_map(batch["image"])
             feats["img"] = self.image.pool(feature_map)
         if self.text is not None:
-            tokens, all_layers = self.text.token_states(batch["input_ids"], batch["attention_mask"])
-            feats["txt"] = self.text.pool(tokens, batch["attention_mask"], all_layers)
+            if "text_features" in batch:  # TF-IDF + PCA features, not tokens
+                feats["txt"] = self.text(batch["text_features"])
+            else:
+                tokens, all_layers = self.text.token_states(batch["input_ids"], batch["attention_mask"])
+                feats["txt"] = self.text.pool(tokens, batch["attention_mask"], all_layers)
 
         out: dict[str, torch.Tensor] = {}
         fusion = self.cfg.fusion
@@ -159,7 +174,10 @@ class ShopeeModel(nn.Module):
             head = self.head_for(kind)
             if head is None:  # e.g. pooled features in late fusion: matched, not trained directly
                 continue
-            term = self.loss_weights[kind] * F.cross_entropy(head(out[kind], labels), labels)
+            if getattr(head, "returns_loss", False):  # a loss over the batch's own embeddings
+                term = self.loss_weights[kind] * head(out[kind], labels)
+            else:
+                term = self.loss_weights[kind] * F.cross_entropy(head(out[kind], labels), labels)
             total = term if total is None else total + term
         assert total is not None
         return total

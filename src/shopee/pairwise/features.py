@@ -3,7 +3,8 @@
 **Candidates** of a set of rows: the union over the rule's members of their neighbour lists
 (``member_candidates``: embedding kNN with k = 51 after the member's blending, TF-IDF, phash)
 above loose floors (each member's tuned threshold minus ``EMBEDDING_MARGIN`` / ``TFIDF_MARGIN``,
-phash ``PHASH_EXTRA_BITS`` more bits), plus each row's nearest neighbour of every embedding member;
+phash ``PHASH_EXTRA_BITS`` more bits), plus each row's ``ALWAYS_NEAREST`` nearest neighbours of
+every embedding member whatever their similarity;
 kept as unordered pairs ``a < b`` (a pair is one decision).
 
 **Features** (``FEATURES`` lists their names; ``<m>`` is each member, ``lo``/``hi`` the smaller and
@@ -26,6 +27,7 @@ larger of the two ends' values, so that a pair's features do not depend on its o
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,8 +42,9 @@ from shopee.constants import K
 from shopee.match import Pairs, member_candidates, member_space, tfidf_matrix, unit_relations
 from shopee.match.phash import parse_phashes
 
-EMBEDDING_MARGIN = 0.2
-TFIDF_MARGIN = 0.2
+EMBEDDING_MARGIN = 0.3
+TFIDF_MARGIN = 0.3
+ALWAYS_NEAREST = 5
 PHASH_EXTRA_BITS = 4
 DENSITY_TOPS = (5, 10, 20)
 CHUNK = 65536  # pairs per chunk when gathering rows
@@ -92,11 +95,16 @@ def candidates(
     phashes: Sequence[str] | np.ndarray | None = None,
     backend: str = "torch",
     device: str = "cpu",
+    timings: dict[str, float] | None = None,
 ) -> Candidates:
-    """The candidate pairs of ``n`` rows under the rule's members and ``floors``."""
+    """The candidate pairs of ``n`` rows under the rule's members and ``floors``. ``timings`` (if
+    given) gets the seconds of the members' neighbour lists (``pairs:neighbours``: the same work
+    the thresholds' rule does) and of their union (``pairs:candidates``)."""
     lists, rows, cols = {}, [], []
+    neighbours = 0.0
     for m in params["members"]:
         loose = _loose(m, floors[m["name"]])
+        started = time.perf_counter()
         found = member_candidates(
             loose,
             n,
@@ -107,16 +115,23 @@ def candidates(
             backend=backend,
             device=device,
         )
+        neighbours += time.perf_counter() - started
         lists[m["name"]] = found
         keep = found.sims >= loose["threshold"] if m["type"] != "phash" else np.ones(len(found), bool)
-        if m["type"] == "embedding":  # each row's nearest stays a candidate (min2)
-            keep |= np.arange(len(found)) == np.searchsorted(found.rows, found.rows, side="left")
+        if m["type"] == "embedding":  # each row's nearest few stay candidates (min2, low recall)
+            keep |= (
+                np.arange(len(found)) - np.searchsorted(found.rows, found.rows, side="left") < ALWAYS_NEAREST
+            )
         rows.append(found.rows[keep])
         cols.append(found.cols[keep])
+    started = time.perf_counter()
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     a, b = np.minimum(r, c), np.maximum(r, c)
     keys = np.unique(a[a != b] * max(n, 1) + b[a != b])
+    if timings is not None:
+        timings["pairs:neighbours"] = round(neighbours, 3)
+        timings["pairs:candidates"] = round(time.perf_counter() - started, 3)
     return Candidates(n, keys // max(n, 1), keys % max(n, 1), lists)
 
 

@@ -325,9 +325,9 @@ def predict_pairs(
     """The second stage on ``n`` rows: candidates, features, probabilities, matches."""
     timings = timings if timings is not None else {}
     inputs = dict(embeddings=embeddings, titles=titles, phashes=phashes)
-    started = time.perf_counter()
-    found = candidates(info["params"], info["floors"], n, backend=backend, device=device, **inputs)
-    timings["pairs:candidates"] = round(time.perf_counter() - started, 3)
+    found = candidates(
+        info["params"], info["floors"], n, backend=backend, device=device, timings=timings, **inputs
+    )
     started = time.perf_counter()
     table = features(info["params"], found, backend=backend, device=device, **inputs)
     if list(table.columns) != list(info["features"]):
