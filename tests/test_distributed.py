@@ -109,7 +109,8 @@ def test_two_processes_reproduce_one(ddp_exp, tmp_path: Path) -> None:
     log = (tmp_path / "two" / "expddp" / "fold0" / "train.log").read_text()
     assert "data parallel on 2 processes: batch 8 per process, 16 global" in log
     assert log.count("weights identical on the 2 processes") == 2  # the head's too, after every epoch
-    assert two.stdout.count("expddp fold 0 done") == 1  # only rank 0 reports
+    assert two.stdout.count("expddp fold 0 done") == 1  # only rank 0 reports ...
+    assert two.stdout.count('"exp": "expddp"') == 1  # ... and prints the result line
 
 
 def _kill_rank_after_first_epoch(command: list[str], checkpoint: Path) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,11 +91,13 @@ def _run(cfg: Config, exp: str, exp_file: str, args: argparse.Namespace) -> None
         print(json.dumps(zero_shot(cfg, exp, fold, data_dir, debug=args.debug)), flush=True)
         return
     results = []
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, one result line, from rank 0
     for fold in folds:
         result = _train_one(cfg, exp, exp_file, fold, data_dir, args)
         results.append(result)
-        print(json.dumps(result), flush=True)
-    if len(folds) > 1:
+        if main:
+            print(json.dumps(result), flush=True)
+    if len(folds) > 1 and main:
         kinds = [r["kind"] for r in results]
         summary = {
             "exp": exp,
