@@ -21,7 +21,7 @@ $(DEMO_DIR)/train.csv: | $(STAMP)
 # The whole loop on the embedded demo data: data, baselines, two experiments on folds 0 and 1 with
 # a short schedule (outputs in output/demo/; finished folds are not trained again), the matching
 # rule tuned on their out-of-fold embeddings, the offline Kaggle kernel built from it and executed
-# here on the demo test set, and a closing table of F1 figures.
+# here on the demo test set, the lab diary (`shopee runs`) and a closing table of F1 figures.
 DEMO_OUT ?= output/demo
 DEMO_KERNEL ?= shopee-demo
 KERNELS ?= kernels
@@ -40,6 +40,7 @@ demo: setup
 	$(BIN)/python -m shopee build-kernel --ensemble $(DEMO_OUT)/ensembles/demo.json --name $(DEMO_KERNEL) \
 	  --user $(KAGGLE_USER) --out $(KERNELS) && \
 	$(BIN)/python -m shopee run-kernel $(KERNELS)/$(DEMO_KERNEL) --data $(DEMO_DIR) && \
+	$(BIN)/python -m shopee runs --output $(DEMO_OUT) && \
 	$(BIN)/python -m shopee demo-summary --ensemble $(DEMO_OUT)/ensembles/demo.json \
 	  --submission $(KERNELS)/$(DEMO_KERNEL)-run/working/submission.csv --labels $(DEMO_DIR)/test_labels.csv \
 	  --kernel $(KERNELS)/$(DEMO_KERNEL) && \

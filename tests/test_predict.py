@@ -310,3 +310,32 @@ def test_predict_follows_the_test_size(tuned: tuple[Path, Path], tmp_path: Path,
         f"fixed thresholds (tuned), on {n_test} rows: {describe(ensemble['params'])}"
         in capsys.readouterr().out
     )
+
+
+def test_runs_lists_folds_and_ensembles_best_first_per_objective(
+    tuned: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    """``runs`` groups the ensembles by objective (dense first) before ranking them: a fold-tuned
+    CV F1 is higher but scored on sparser rows, so it must not outrank a dense one."""
+    from shopee.ensemble_file import write_ensemble
+    from shopee.runs import print_runs
+
+    out, _ = tuned
+    shutil.copytree(out / "exp003", tmp_path / "exp003")
+    ensemble = read_ensemble(out / "ensembles" / "t.json")
+    for name, objective, cv in (("a", "dense", 0.61), ("b", "fold", 0.9), ("c", "dense", 0.7)):
+        write_ensemble(
+            tmp_path / "ensembles" / f"{name}.json",
+            {**ensemble, "name": name, "objective": objective, "cv_f1": cv},
+        )
+    listed = print_runs(tmp_path)
+    assert [(r["ensemble"], r["objective"]) for r in listed["ensembles"]] == [
+        ("c", "dense"),
+        ("a", "dense"),
+        ("b", "fold"),
+    ]
+    assert [(r["exp"], r["fold"]) for r in listed["folds"]] == sorted(
+        [("exp003", 0), ("exp003", 1)],
+        key=lambda r: -FoldRecord.open(tmp_path / "exp003" / f"fold{r[1]}").summary["cv_f1"],
+    )
+    assert "best first within each objective" in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """``python -m shopee runs``: the lab diary, from the output folder alone (no tracking server).
 
 Every finished fold (exp, fold, CV F1, best kind, threshold, epochs, minutes, commit) and every
-ensemble (name, objective, CV F1, held-out estimate, pair model, folds), best first.
+ensemble (name, objective, CV F1, held-out estimate, the pair model's two, folds), best first;
+ensembles are grouped by objective, since CV F1s on different rows do not compare.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from shopee.ensemble_file import EnsembleError, read_ensemble
 from shopee.errors import ShopeeError
 from shopee.outputs import FoldRecord, is_finished
+from shopee.scoring import OBJECTIVES
 
 
 def fold_rows(output: Path) -> list[dict[str, Any]]:
@@ -55,11 +57,13 @@ def ensemble_rows(output: Path) -> list[dict[str, Any]]:
                 "objective": e["objective"],
                 "cv_f1": e["cv_f1"],
                 "cv_f1_heldout": e.get("cv_f1_heldout"),
-                "pair_model": pairs.get("cv_f1_heldout"),
+                "pair_cv_f1": pairs.get("cv_f1"),
+                "pair_cv_f1_heldout": pairs.get("cv_f1_heldout"),
                 "folds": ", ".join(f"{exp} {folds}" for exp, folds in e["experiments"].items()),
             }
         )
-    return sorted(rows, key=lambda r: -r["cv_f1"])
+    order = {objective: i for i, objective in enumerate(OBJECTIVES)}
+    return sorted(rows, key=lambda r: (order.get(r["objective"], len(order)), -r["cv_f1"]))
 
 
 def _cell(value: Any) -> str:
@@ -78,12 +82,13 @@ def print_runs(output: Path) -> dict[str, Any]:
             f"  {r['exp']:<12}{r['fold']:>5}{r['cv_f1']:>9.4f}{r['kind']:>7}{r['threshold']:>6.2f}"
             f"{r['epochs']:>8}{r['minutes']:>9.1f}  {r['commit']}{debug}"
         )
-    print(f"{len(ensembles)} ensembles, best first:")
-    print(f"  {'ensemble':<16}{'objective':>10}{'CV F1':>9}{'held-out':>10}{'pair model':>12}  folds")
+    print(f"{len(ensembles)} ensembles, best first within each objective:")
+    header = f"{'ensemble':<16}{'objective':>10}{'CV F1':>9}{'held-out':>10}{'pair CV':>9}{'held-out':>10}"
+    print(f"  {header}  folds")
     for r in ensembles:
         print(
             f"  {r['ensemble']:<16}{r['objective']:>10}{_cell(r['cv_f1']):>9}{_cell(r['cv_f1_heldout']):>10}"
-            f"{_cell(r['pair_model']):>12}  {r['folds']}"
+            f"{_cell(r['pair_cv_f1']):>9}{_cell(r['pair_cv_f1_heldout']):>10}  {r['folds']}"
         )
     result = {"folds": folds, "ensembles": ensembles}
     print(json.dumps(result))
