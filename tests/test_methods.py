@@ -4,6 +4,7 @@ computations, and every new experiment in a debug run."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,18 @@ from shopee.projection import Projection, fit_projection
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DEBUG = {"TQDM_DISABLE": "1", "SHOPEE_PROGRESS_MIN_SECONDS": "0"}
+
+
+def _debug_fold(exp: str, fold: int, data: Path, output: Path) -> subprocess.CompletedProcess:
+    """``python exp/EXP.py --fold FOLD --debug`` into ``output``, its output captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "exp" / f"{exp}.py"), "--fold", str(fold), "--data", str(data)]
+        + ["--debug", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV_DEBUG},
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -99,25 +112,7 @@ def test_a_projection_is_its_pca_applied_to_the_concatenation(tmp_path: Path) ->
 
 @pytest.mark.parametrize("exp", ["exp007", "exp008", "exp009"])
 def test_new_experiments_run_in_debug(exp: str, demo_copy: Path, tmp_path: Path) -> None:
-    import os
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "exp" / f"{exp}.py"),
-            "--fold",
-            "0",
-            "--data",
-            str(demo_copy),
-            "--debug",
-            "--output",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **ENV_DEBUG},
-        timeout=600,
-    )
+    proc = _debug_fold(exp, 0, demo_copy, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["exp"] == exp and 0 < summary["cv_f1"] <= 1
@@ -130,30 +125,12 @@ def test_new_experiments_run_in_debug(exp: str, demo_copy: Path, tmp_path: Path)
 def test_tfidf_fold_reloads_to_its_oof_embeddings(demo_copy: Path, tmp_path: Path) -> None:
     """exp008's fold rebuilt from its checkpoint alone (vocabulary, IDF and PCA inside) embeds its
     validation rows as training stored them."""
-    import os
-
     from shopee.data import read_split
     from shopee.embed import embed_rows
     from shopee.outputs import FoldRecord
     from shopee.runtime import Runtime
 
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "exp" / "exp008.py"),
-            "--fold",
-            "1",
-            "--data",
-            str(demo_copy),
-            "--debug",
-            "--output",
-            str(tmp_path),
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, **ENV_DEBUG},
-        timeout=600,
-    )
+    _debug_fold("exp008", 1, demo_copy, tmp_path).check_returncode()
     record = FoldRecord.open(tmp_path / "exp008" / "fold1")
     rows = (
         read_split(demo_copy, "train", check_images=False)
@@ -169,31 +146,12 @@ def test_tfidf_fold_reloads_to_its_oof_embeddings(demo_copy: Path, tmp_path: Pat
 def test_pca_in_predict_equals_pca_in_the_search(demo_copy: Path, tmp_path: Path, capsys) -> None:
     """exp008 on two folds, an ensemble with a PCA member only: the F1 predict reaches on the OOF
     rows, from the stored projection, equals the search's for the same rows."""
-    import os
-
     from shopee.cli import main
     from shopee.ensemble_file import read_ensemble
     from shopee.oof import load_oof
-    from shopee.projection import Projection
 
-    for fold in ("0", "1"):
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "exp" / "exp008.py"),
-                "--fold",
-                fold,
-                "--data",
-                str(demo_copy),
-                "--debug",
-                "--output",
-                str(tmp_path),
-            ],
-            check=True,
-            capture_output=True,
-            env={**os.environ, **ENV_DEBUG},
-            timeout=600,
-        )
+    for fold in (0, 1):
+        _debug_fold("exp008", fold, demo_copy, tmp_path).check_returncode()
     argv = ["optimize-ensemble", "exp008", "--data", str(demo_copy), "--output", str(tmp_path), "--name", "p"]
     assert (
         main(

@@ -90,9 +90,7 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     from shopee.bench.train import bench_train
     from shopee.runner import load_experiment
 
-    exp, cfg = load_experiment(args.exp)
-    if args.set:
-        cfg = cfg.with_overrides(args.set)
+    exp, cfg = load_experiment(args.exp, args.set)
     result = bench_train(cfg, find_data_dir(args.data), batches=args.batches)
     print(f"{exp} on {result['device']}, batch {result['batch_size']}, {result['num_workers']} workers:")
     for what in ("train", "embed"):
@@ -108,9 +106,7 @@ def _cmd_bench_embed(args: argparse.Namespace) -> None:
     from shopee.bench.embed import bench_embed, print_bench_embed
     from shopee.runner import load_experiment
 
-    exp, cfg = load_experiment(args.exp)
-    if args.set:
-        cfg = cfg.with_overrides(args.set)
+    exp, cfg = load_experiment(args.exp, args.set)
     try:
         sizes = [int(v) for v in args.image_sizes.split(",")]
     except ValueError:
@@ -143,9 +139,7 @@ def _cmd_bench_gpu(args: argparse.Namespace) -> None:
     from shopee.bench.gpu import bench_gpu, print_bench_gpu
     from shopee.runner import load_experiment
 
-    exp, cfg = load_experiment(args.exp)
-    if args.set:
-        cfg = cfg.with_overrides(args.set)
+    exp, cfg = load_experiment(args.exp, args.set)
     device = (
         torch.device(args.device)
         if args.device
@@ -174,9 +168,7 @@ def _cmd_bench_density(args: argparse.Namespace) -> None:
     from shopee.bench.density import bench_density
     from shopee.runner import load_experiment
 
-    exp, cfg = load_experiment(args.exp)
-    if args.set:
-        cfg = cfg.with_overrides(args.set)
+    exp, cfg = load_experiment(args.exp, args.set)
     try:
         sizes = tuple(int(v) for v in args.sizes.split(","))
         folds = tuple(int(v) for v in args.folds.split(","))
@@ -201,9 +193,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from shopee.launch import parse_folds, parse_groups, print_summary, train_folds
     from shopee.runner import load_experiment
 
-    exp, cfg = load_experiment(args.exp)
-    if args.set:
-        cfg = cfg.with_overrides(args.set)
+    exp, cfg = load_experiment(args.exp, args.set)
     folds = parse_folds(args.folds, cfg.n_folds)
     default = ",".join(str(i) for i in range(torch.cuda.device_count())) or "cpu"
     groups = parse_groups(args.gpus or default)

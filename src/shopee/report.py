@@ -152,6 +152,15 @@ def _markdown(ensemble: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: plt.Figure, path: Path, legend: plt.Axes | None = None) -> None:
+    """Lay out, write (100 dpi) and close one figure, with a small legend on ``legend``."""
+    if legend is not None:
+        legend.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plot_curves(result: SearchResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"dense": "-", "fold": "--", "all": ":"}
@@ -174,10 +183,7 @@ def _plot_curves(result: SearchResult, path: Path) -> None:
     ax.set_ylabel("F1")
     ax.set_title("F1 of each member alone against its threshold")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, legend=ax)
 
 
 def _plot_histograms(result: SearchResult, scorer: Scorer, objective: str, path: Path) -> None:
@@ -203,9 +209,7 @@ def _plot_histograms(result: SearchResult, scorer: Scorer, objective: str, path:
         )
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_group_sizes(result: SearchResult, labels: np.ndarray, objective: str, path: Path) -> None:
@@ -233,9 +237,7 @@ def _plot_group_sizes(result: SearchResult, labels: np.ndarray, objective: str, 
     ax.set_xlabel("group size")
     ax.set_ylabel(f"mean F1 (final rule, {objective})")
     ax.set_title("F1 by group size")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_size_curve(curve: dict[str, Any], path: Path) -> None:
@@ -252,10 +254,7 @@ def _plot_size_curve(curve: dict[str, Any], path: Path) -> None:
     ax.axvline(TEST_ROWS, color="grey", linestyle=":", label=f"hidden test ({TEST_ROWS:,})")
     ax.set_title("Thresholds re-tuned on subsets (points) and their fit a + b ln(n)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, legend=ax)
 
 
 def write_report(

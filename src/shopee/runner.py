@@ -158,8 +158,9 @@ def _peer_failure(exc: RuntimeError) -> bool:
     return isinstance(exc, torch.distributed.DistError) or any(word in text for word in PEER_FAILURE_WORDS)
 
 
-def load_experiment(spec: str) -> tuple[str, Config]:
-    """An experiment's name and ``CFG`` from ``exp001``, ``exp/exp001.py`` or any path to one."""
+def load_experiment(spec: str, overrides: Sequence[str] = ()) -> tuple[str, Config]:
+    """An experiment's name and ``CFG`` from ``exp001``, ``exp/exp001.py`` or any path to one,
+    with the ``--set key=value`` ``overrides`` applied."""
     import importlib.util
 
     path = Path(spec)
@@ -176,4 +177,4 @@ def load_experiment(spec: str) -> tuple[str, Config]:
     cfg = getattr(module, "CFG", None)
     if not isinstance(cfg, Config):
         raise ShopeeError(f"{path}: defines no CFG = Config(...)")
-    return path.stem, cfg
+    return path.stem, cfg.with_overrides(overrides) if overrides else cfg

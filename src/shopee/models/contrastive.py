@@ -92,8 +92,9 @@ def bounded_kmeans(
     if not 1 <= k <= n // 2:
         raise ValueError(f"k={k} clusters for {n} rows: need 1 <= k <= n/2")
     low, high = size_band(n, k)
-    km = faiss.Kmeans(d, k, niter=iterations, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1)
+    km = faiss.Kmeans(
+        d, k, niter=iterations, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1
+    )
     km.train(x)
     centroids = km.centroids / np.maximum(np.linalg.norm(km.centroids, axis=1, keepdims=True), 1e-12)
     index = faiss.IndexFlatIP(d)
