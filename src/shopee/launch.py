@@ -58,6 +58,7 @@ class Job:
     started: float = 0.0
     seconds: float = 0.0
     returncode: int | None = None
+    result: dict | None = None  # the fold's summary line, when it finished
 
     @property
     def where(self) -> str:
@@ -143,10 +144,10 @@ def train_folds(
         for g, job in list(running.items()):
             if job.process is not None and job.process.poll() is not None:
                 job.returncode, job.seconds = job.process.returncode, time.perf_counter() - job.started
-                result = _result(job.log) if job.returncode == 0 else None
+                job.result = _result(job.log) if job.returncode == 0 else None
                 status = (
-                    f"CV F1 {result['cv_f1']:.4f}"
-                    if result
+                    f"CV F1 {job.result['cv_f1']:.4f}"
+                    if job.result
                     else f"FAILED (exit {job.returncode}): {_last_error(job.log)}"
                 )
                 print(f"fold {job.fold}: {status} ({job.seconds:.0f} s on {job.where})", flush=True)
@@ -162,7 +163,7 @@ def print_summary(exp: str, jobs: list[Job]) -> None:
     print(f"  {'fold':<6}{'device':<10}{'status':<10}{'CV F1':>8}{'kind':>7}{'threshold':>11}{'seconds':>9}")
     rows = []
     for job in jobs:
-        result = _result(job.log) if job.returncode == 0 else None
+        result = job.result
         ok = result is not None
         cv = f"{result['cv_f1']:.4f}" if ok else "-"
         kind = result["kind"] if ok else "-"

@@ -17,7 +17,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shopee.constants import K  # noqa: E402
+from shopee.constants import TEST_ROWS, K  # noqa: E402
+from shopee.ensemble_file import scored_objectives  # noqa: E402
 from shopee.metrics import group_sizes  # noqa: E402
 from shopee.size_curve import value_at  # noqa: E402
 
@@ -31,15 +32,10 @@ OBJECTIVE_WORDS = {
     "fold": "within each fold's validation rows",
     "all": "across all OOF rows (different folds' spaces mixed)",
 }
-TEST_ROWS = 70000  # the hidden test's size, for the thresholds-by-size table
-
-
-def _objectives(ensemble: dict[str, Any]) -> list[str]:
-    return [o for o in ("dense", "fold", "all") if f"cv_f1_{o}" in ensemble]
 
 
 def _markdown(ensemble: dict[str, Any]) -> str:
-    objectives = _objectives(ensemble)
+    objectives = scored_objectives(ensemble)
     lines = [
         f"# Ensemble {ensemble['name']}",
         "",

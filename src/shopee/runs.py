@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from shopee.constants import OBJECTIVES
 from shopee.ensemble_file import EnsembleError, read_ensemble
 from shopee.errors import ShopeeError
 from shopee.outputs import FoldRecord, is_finished
-from shopee.scoring import OBJECTIVES
 
 
 def fold_rows(output: Path) -> list[dict[str, Any]]:

@@ -23,12 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shopee.constants import K
+from shopee.constants import OBJECTIVES, K
 from shopee.match import Pairs, combine, f1_by_threshold, member_candidates
 from shopee.metrics import MatchScore, RowScores, score_pairs
 from shopee.oof import OOFSet, combined_embedding
-
-OBJECTIVES = ("dense", "fold", "all")
 
 
 @dataclass
@@ -208,8 +206,7 @@ class Scorer:
         pruned_key = (*cache_key, floor)
         if pruned_key not in self._pruned:
             full = self._full(member, cache_key, universe)
-            nearest = np.arange(len(full.rows)) == np.searchsorted(full.rows, full.rows, side="left")
-            self._pruned[pruned_key] = full.select((full.sims >= floor) | nearest)
+            self._pruned[pruned_key] = full.select((full.sims >= floor) | (full.positions() == 0))
         return self._pruned[pruned_key]
 
     def _full(self, member: dict[str, Any], cache_key: tuple[str, str], universe: Universe) -> Pairs:

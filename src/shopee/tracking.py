@@ -53,8 +53,6 @@ def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
 
 def end_active(failed: bool) -> None:
     """End the MLflow run a failed command left open (nothing without MLflow or a run)."""
-    import sys
-
     mlflow = sys.modules.get("mlflow")
     if mlflow is not None and mlflow.active_run() is not None:
         mlflow.end_run(status="FAILED" if failed else "FINISHED")

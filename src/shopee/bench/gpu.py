@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from shopee.config import Config
+from shopee.constants import TEST_ROWS
 from shopee.match import knn_pairs, normalize_rows
 from shopee.match.knn import _importable
 from shopee.models import ShopeeModel
@@ -165,7 +166,7 @@ def bench_gpu(
     image_size: int = 256,
     steps: int = 10,
     embed_batches: int = 10,
-    knn_rows: int = 70000,
+    knn_rows: int = TEST_ROWS,
     knn_dim: int = 512,
     kernel: Path | None = None,
     data: Path | None = None,

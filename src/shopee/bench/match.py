@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from shopee.constants import K
+from shopee.constants import TEST_ROWS, K
 from shopee.demo.synthetic import Synthetic, make_synthetic
 from shopee.errors import ShopeeError
 from shopee.match import (
@@ -418,7 +418,7 @@ def _print_search(r: dict) -> None:
 
 
 def run_bench(
-    n: int = 70000,
+    n: int = TEST_ROWS,
     dim: int = 512,
     *,
     search: bool = False,

@@ -12,7 +12,14 @@ Candidates are kept as sparse *pair lists* (``Pairs``), never a dense n x n matr
 """
 
 from shopee.match.knn import BACKENDS, knn_pairs, normalize_rows, resolve_backend
-from shopee.match.pairs import Pairs, concat_pairs, neighbour_matrix, top_k_pairs, union_pairs
+from shopee.match.pairs import (
+    Pairs,
+    best_per_row,
+    concat_pairs,
+    neighbour_matrix,
+    top_k_pairs,
+    union_pairs,
+)
 from shopee.match.phash import hamming_pairs, parse_phashes, phash_exact_pairs, phash_pairs, phash_to_uint64
 from shopee.match.rules import (
     MEMBER_TYPES,
@@ -35,6 +42,7 @@ __all__ = [
     "MEMBER_TYPES",
     "PARAMS_VERSION",
     "Pairs",
+    "best_per_row",
     "combine",
     "concat_pairs",
     "f1_by_threshold",

@@ -45,6 +45,10 @@ class Pairs:
         """Number of pairs (others matched) of each row, length ``n``."""
         return np.bincount(self.rows, minlength=self.n)
 
+    def positions(self) -> np.ndarray:
+        """Each pair's place in its row's list, 0 for the row's first (pairs sorted by row)."""
+        return np.arange(len(self.rows)) - np.searchsorted(self.rows, self.rows, side="left")
+
     def row_bounds(self) -> np.ndarray:
         """``n + 1`` offsets: row ``i``'s pairs are ``[bounds[i], bounds[i + 1])`` (pairs sorted by row)."""
         return np.searchsorted(self.rows, np.arange(self.n + 1))
@@ -118,6 +122,26 @@ def union_pairs(parts: Sequence[Pairs], n: int, k: int = MAX_OTHERS) -> Pairs:
             first[1:] = segment[best[1:]] != segment[best[:-1]]
             pick = order[best[first]]  # key ascending: row, then column
     return top_k_pairs(pairs.rows[pick], pairs.cols[pick], pairs.sims[pick], n, k)
+
+
+def best_per_row(pairs: Pairs) -> Pairs:
+    """Each row's most similar pair (the first on equal similarity)."""
+    if not len(pairs):
+        return pairs
+    rows, sims = pairs.rows, pairs.sims
+    if np.all(rows[1:] >= rows[:-1]) and not np.isnan(sims).any():
+        # Sorted by row, as pair lists are: one pass over the row segments instead of a sort.
+        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
+        segment = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(rows))))
+        best = np.flatnonzero(sims == np.maximum.reduceat(sims, starts)[segment])
+        first = np.ones(len(best), dtype=bool)
+        first[1:] = segment[best[1:]] != segment[best[:-1]]
+        return pairs.select(best[first])
+    order = np.lexsort((-pairs.sims.astype(np.float64), pairs.rows))
+    rows = pairs.rows[order]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = rows[1:] != rows[:-1]
+    return pairs.select(order[first])
 
 
 def neighbour_matrix(pairs: Pairs, k: int) -> np.ndarray:

@@ -55,7 +55,7 @@ from scipy import sparse
 from shopee.constants import K as K_MAX
 from shopee.errors import ShopeeError
 from shopee.match.knn import knn_pairs, normalize_rows
-from shopee.match.pairs import Pairs, top_k_pairs, union_pairs
+from shopee.match.pairs import Pairs, best_per_row, top_k_pairs, union_pairs
 from shopee.match.phash import phash_pairs
 from shopee.match.text import ANALYZERS, tfidf_pairs
 from shopee.match.units import unit_conflict_mask
@@ -350,26 +350,6 @@ def member_candidates(
 # --------------------------------------------------------------------------------------------
 
 
-def _best_per_row(pairs: Pairs) -> Pairs:
-    """Each row's most similar pair (the first on equal similarity)."""
-    if not len(pairs):
-        return pairs
-    rows, sims = pairs.rows, pairs.sims
-    if np.all(rows[1:] >= rows[:-1]) and not np.isnan(sims).any():
-        # Sorted by row, as pair lists are: one pass over the row segments instead of a sort.
-        starts = np.flatnonzero(np.concatenate([[True], rows[1:] != rows[:-1]]))
-        segment = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(rows))))
-        best = np.flatnonzero(sims == np.maximum.reduceat(sims, starts)[segment])
-        first = np.ones(len(best), dtype=bool)
-        first[1:] = segment[best[1:]] != segment[best[:-1]]
-        return pairs.select(best[first])
-    order = np.lexsort((-pairs.sims.astype(np.float64), pairs.rows))
-    rows = pairs.rows[order]
-    first = np.ones(len(rows), dtype=bool)
-    first[1:] = rows[1:] != rows[:-1]
-    return pairs.select(order[first])
-
-
 def combine(
     params: Mapping[str, Any],
     candidates: Mapping[str, Pairs],
@@ -390,7 +370,7 @@ def combine(
     union = union_pairs(parts, n, k=max(n, 1))
     min2 = params["min2"]
     if min2 is not None:
-        nearest = _best_per_row(candidates[min2["member"]])
+        nearest = best_per_row(candidates[min2["member"]])
         lonely = union.counts() == 0
         add = nearest.select(lonely[nearest.rows] & (nearest.sims >= min2["threshold"]))
         if len(add):

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shopee.match import normalize_rows
+
 
 class SampledNegativeLoss(nn.Module):
     returns_loss = True  # model.loss uses its output as the loss, not as logits
@@ -96,9 +98,9 @@ def bounded_kmeans(
         d, k, niter=iterations, seed=seed, spherical=True, verbose=False, min_points_per_centroid=1
     )
     km.train(x)
-    centroids = km.centroids / np.maximum(np.linalg.norm(km.centroids, axis=1, keepdims=True), 1e-12)
+    centroids = normalize_rows(km.centroids, what="k-means centroids")
     index = faiss.IndexFlatIP(d)
-    index.add(centroids.astype(np.float32))
+    index.add(centroids)
     sims, near = index.search(x, min(candidates, k))
     assign = np.full(n, -1, dtype=np.int64)
     counts = np.zeros(k, dtype=np.int64)
@@ -125,8 +127,7 @@ def bounded_kmeans(
                     counts[c] += 1
     sums = np.zeros((k, d), dtype=np.float64)
     np.add.at(sums, assign, x)
-    centroids = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    return assign, centroids
+    return assign, normalize_rows(sums, what="cluster centroids")
 
 
 def proto_nce(

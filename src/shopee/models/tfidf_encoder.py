@@ -15,7 +15,7 @@ import json
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
-from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 
 _BUFFERS = ("vocab_bytes", "idf", "pca_mean", "components")
@@ -38,6 +38,7 @@ class TfidfPcaEncoder(nn.Module):
         self.out_dim = self.hidden
         self.source = "TF-IDF + PCA of the fold's training titles"
         self._vocabulary: dict[str, int] | None = None
+        self._tfidf: TfidfVectorizer | None = None  # built from the buffers when first needed
 
     # --- the fixed part ---------------------------------------------------------------------------
     def fit(self, titles: list[str]) -> TfidfPcaEncoder:
@@ -62,7 +63,7 @@ class TfidfPcaEncoder(nn.Module):
         self.idf = torch.as_tensor(idf, device=device)
         self.pca_mean = torch.as_tensor(mean, device=device)
         self.components = torch.as_tensor(components, device=device)
-        self._vocabulary = vocabulary
+        self._vocabulary, self._tfidf = vocabulary, None
 
     @property
     def vocabulary(self) -> dict[str, int]:
@@ -72,14 +73,16 @@ class TfidfPcaEncoder(nn.Module):
             self._vocabulary = json.loads(bytes(self.vocab_bytes.cpu().tolist()).decode())
         return self._vocabulary
 
+    def _vectorizer(self) -> TfidfVectorizer:
+        """The fitted TF-IDF, rebuilt from the stored vocabulary and IDF weights."""
+        if self._tfidf is None:
+            self._tfidf = TfidfVectorizer(lowercase=True, dtype=np.float32, vocabulary=self.vocabulary)
+            self._tfidf.idf_ = self.idf.cpu().float().numpy()
+        return self._tfidf
+
     def features(self, titles: list[str]) -> np.ndarray:
         """The PCA features of ``titles`` (``n x dim``, float32), as the fitted TF-IDF sees them."""
-        counts = CountVectorizer(lowercase=True, vocabulary=self.vocabulary, dtype=np.float32).transform(
-            [str(t) for t in titles]
-        )
-        x = counts.multiply(self.idf.cpu().float().numpy()[None, :]).tocsr()
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1))).ravel()
-        x = x.multiply(1.0 / np.maximum(norms, 1e-12)[:, None]).tocsr()  # TfidfVectorizer's l2 norm
+        x = self._vectorizer().transform([str(t) for t in titles])
         components = self.components.cpu().float().numpy()
         mean = self.pca_mean.cpu().float().numpy()
         return (np.asarray(x @ components.T) - mean @ components.T).astype(np.float32)
@@ -89,7 +92,7 @@ class TfidfPcaEncoder(nn.Module):
             key = prefix + name
             if key in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
-        self._vocabulary = None
+        self._vocabulary = self._tfidf = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- the trained part -------------------------------------------------------------------------

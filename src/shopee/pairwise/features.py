@@ -119,9 +119,7 @@ def candidates(
         lists[m["name"]] = found
         keep = found.sims >= loose["threshold"] if m["type"] != "phash" else np.ones(len(found), bool)
         if m["type"] == "embedding":  # each row's nearest few stay candidates (min2, low recall)
-            keep |= (
-                np.arange(len(found)) - np.searchsorted(found.rows, found.rows, side="left") < ALWAYS_NEAREST
-            )
+            keep |= found.positions() < ALWAYS_NEAREST
         rows.append(found.rows[keep])
         cols.append(found.cols[keep])
     started = time.perf_counter()
@@ -176,8 +174,7 @@ def _ranks(lists: Pairs, n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rank of ``b`` in ``a``'s neighbour list (1-based), NaN when absent."""
     if not len(lists):
         return np.full(len(a), np.nan, dtype=np.float32)
-    bounds = lists.row_bounds()
-    position = np.arange(len(lists)) - bounds[lists.rows] + 1
+    position = lists.positions() + 1
     keys = lists.rows * n + lists.cols
     order = np.argsort(keys)
     keys, position = keys[order], position[order]
@@ -190,8 +187,7 @@ def _row_table(lists: Pairs, n: int, width: int) -> np.ndarray:
     """``n x width`` similarities of each row's list, best first, NaN-padded."""
     table = np.full((n, width), np.nan, dtype=np.float32)
     if len(lists):
-        bounds = lists.row_bounds()
-        position = np.arange(len(lists)) - bounds[lists.rows]
+        position = lists.positions()
         inside = position < width
         table[lists.rows[inside], position[inside]] = lists.sims[inside]
     return table
@@ -222,6 +218,7 @@ def features(
     """The features of every candidate pair (columns ``feature_names(params)``, float32)."""
     n, a, b = cands.n, cands.a, cands.b
     out: dict[str, np.ndarray] = {}
+    hashes, present = parse_phashes(phashes) if phashes is not None else (None, None)
     for m in params["members"]:
         p, lists = m["name"], cands.lists[m["name"]]
         if m["type"] == "embedding":
@@ -231,8 +228,8 @@ def features(
             x = tfidf_matrix(titles, m.get("analyzer", "word"), m.get("ngram_range"))
             sims = _rowwise_dot(x, a, b)
         else:
-            values, present = parse_phashes(phashes)
-            sims = 1.0 - np.bitwise_count(values[a] ^ values[b]).astype(np.float32) / 64.0
+            assert hashes is not None, "a phash member's candidates needed the phashes"
+            sims = 1.0 - np.bitwise_count(hashes[a] ^ hashes[b]).astype(np.float32) / 64.0
             sims[~(present[a] & present[b])] = np.nan
         out[f"{p}_sim"] = sims.astype(np.float32)
         rank_ab, rank_ba = _ranks(lists, n, a, b), _ranks(lists, n, b, a)
@@ -267,9 +264,8 @@ def features(
     )
     agree, conflict = unit_relations(Pairs(a, b, np.zeros(len(a), np.float32), n), texts.to_numpy())
     out["units_agree"], out["units_conflict"] = agree.astype(np.float32), conflict.astype(np.float32)
-    if phashes is not None:
-        values, present = parse_phashes(phashes)
-        out["same_phash"] = ((values[a] == values[b]) & present[a] & present[b]).astype(np.float32)
+    if hashes is not None:
+        out["same_phash"] = ((hashes[a] == hashes[b]) & present[a] & present[b]).astype(np.float32)
     else:
         out["same_phash"] = np.full(len(a), np.nan, dtype=np.float32)
     names = feature_names(params)

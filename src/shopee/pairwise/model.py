@@ -31,7 +31,7 @@ import pandas as pd
 
 from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
-from shopee.match import Pairs, top_k_pairs
+from shopee.match import Pairs, best_per_row, top_k_pairs, union_pairs
 from shopee.metrics import score_pairs
 from shopee.pairwise.features import Candidates, candidates, feature_names, features, floors_of
 from shopee.scoring import Universe
@@ -125,33 +125,17 @@ def match_from_probabilities(
     n: int, a: np.ndarray, b: np.ndarray, p: np.ndarray, threshold: float, min2: float | None
 ) -> Pairs:
     """Matches of ``n`` rows from unordered candidate pairs and their probabilities (module doc)."""
-    rows, cols, probs = (
-        np.concatenate([a, b]),
-        np.concatenate([b, a]),
-        np.concatenate([p, p]).astype(np.float32),
-    )
-    keep = probs >= threshold
-    matched = top_k_pairs(rows[keep], cols[keep], probs[keep], n, MAX_OTHERS)
-    if min2 is None or not len(rows):
+    both = Pairs(np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([p, p]).astype(np.float32), n)
+    kept = both.above(threshold)
+    matched = top_k_pairs(kept.rows, kept.cols, kept.sims, n, MAX_OTHERS)
+    if min2 is None or not len(both):
         return matched
-    lonely = matched.counts() == 0
-    order = np.lexsort((-probs, rows))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = rows[order][1:] != rows[order][:-1]
-    best = order[first]
-    add = best[lonely[rows[best]] & (probs[best] >= min2)]
+    nearest = best_per_row(both)
+    add = nearest.select((matched.counts() == 0)[nearest.rows] & (nearest.sims >= min2))
     if not len(add):
         return matched
-    extra_rows = np.concatenate([rows[add], cols[add]])
-    extra_cols = np.concatenate([cols[add], rows[add]])
-    extra_p = np.concatenate([probs[add], probs[add]])
-    return top_k_pairs(
-        np.concatenate([matched.rows, extra_rows]),
-        np.concatenate([matched.cols, extra_cols]),
-        np.concatenate([matched.sims, extra_p]),
-        n,
-        MAX_OTHERS,
-    )
+    reverse = Pairs(add.cols, add.rows, add.sims, n)  # a pair is one decision: both directions
+    return union_pairs([matched, add, reverse], n, MAX_OTHERS)
 
 
 def _row_f1(s: PairSet, p: np.ndarray, threshold: float, min2: float | None) -> np.ndarray:
