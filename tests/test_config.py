@@ -116,3 +116,12 @@ def test_configs_of_older_runs_still_load() -> None:
     old = {**Config().to_dict(), "amp": True, "embed_dim": 512}
     assert Config.from_dict(old).amp == "auto"
     assert Config.from_dict({**old, "amp": False}).amp == "off"
+
+
+def test_a_protonce_stage_with_fusion_is_refused() -> None:
+    """Its prototypes are clusters of one kind's embeddings: with two encoders they would meet
+    features of another width at the first step after clustering."""
+    stages = [{"epochs": 1, "loss": "protonce"}, {"epochs": 1}]
+    with pytest.raises(ConfigError, match=r"stages\[0\].loss='protonce'.*fusion='late'"):
+        Config(fusion="late", stages=stages).validate()
+    Config(image_model="", fusion="none", stages=stages).validate()  # one encoder: fine

@@ -175,3 +175,24 @@ def test_folds_side_by_side_with_one_summary(ddp_exp, tmp_path: Path) -> None:
     assert rows["failed"] == [2]  # folds 0 and 1 are finished already: skipped, not retrained
     assert "fold 2: FAILED (exit 2): error:" in failing.stdout and "/no/such/model" in failing.stdout
     assert failing.stderr.strip().splitlines()[-1] == "error: 1 of 3 folds failed (see their logs)"
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_neg_sampling_pairs_stay_whole_on_every_process(world: int) -> None:
+    """Head "neg_sampling" reads batches of pairs (a row, then another of its group): a global
+    batch whose per-process slice is odd would tear pairs apart and leave rows without their
+    positive, so it is refused; an even slice keeps every pair on one process."""
+    from shopee.config import Config, ConfigError
+    from shopee.distributed import Dist
+    from shopee.sampling import epoch_indices
+
+    with pytest.raises(ConfigError, match=f"use a multiple of {2 * world}"):
+        Dist(0, world).per_process(3 * world, pairs=True)
+    assert Dist(0, world).per_process(3 * world) == 3  # no pairs: any split is fine
+    labels = np.repeat(np.arange(40), 3)
+    cfg = Config(head="neg_sampling", batch_size=4 * world)
+    order = epoch_indices(labels, cfg, epoch=0)
+    for rank in range(world):
+        mine = Dist(rank, world).shard(order, cfg.batch_size)
+        assert len(mine) and len(mine) % 2 == 0
+        assert (labels[mine[0::2]] == labels[mine[1::2]]).all()

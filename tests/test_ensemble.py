@@ -425,3 +425,47 @@ def test_folds_from_before_fingerprints_get_theirs_recorded(demo_copy: Path, tmp
     )
     with pytest.raises(ShopeeError, match="trained before data fingerprints.*is gone"):
         load_oof(out, ["older"])
+
+
+def test_the_f1_expected_at_a_size_is_the_fitted_line_less_the_optimism() -> None:
+    """f1_at against scipy's linear regression: the subsets' F1 fitted in ln(rows), evaluated at
+    the test's size, less the held-out optimism; its standard error adds the line's prediction
+    error, the folds' spread at that size and the optimism's, in quadrature."""
+    from scipy import stats
+
+    from shopee.size_curve import f1_at
+
+    rows = [2700, 5400, 8200, 11000]
+    f1 = [0.8898, 0.8562, 0.8400, 0.8216]  # the real-title figures of the issue
+    folds = {"0": [0.8950, 0.8600, 0.8420, 0.8250], "1": [0.8846, 0.8524, 0.8380, 0.8182]}
+    rows_folds = {"0": [2650, 5350, 8150, 10950], "1": [2750, 5450, 8250, 11050]}
+    curve = {
+        "rows": rows,
+        "f1": f1,
+        "f1_folds": folds,
+        "rows_folds": rows_folds,
+        "optimism": {"f1": 0.009, "se": 0.002},
+    }
+    n = 23251
+    line = stats.linregress(np.log(rows), f1)
+    x0 = np.log(n)
+    fitted = line.intercept + line.slope * x0
+    residual = np.asarray(f1) - (line.intercept + line.slope * np.log(rows))
+    s = np.sqrt((residual**2).sum() / (len(rows) - 2))
+    x = np.log(rows)
+    se_line = s * np.sqrt(1 / len(rows) + (x0 - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum())
+    at_n = [
+        stats.linregress(np.log(rows_folds[k]), folds[k]).intercept
+        + stats.linregress(np.log(rows_folds[k]), folds[k]).slope * x0
+        for k in folds
+    ]
+    se_folds = np.std(at_n, ddof=1) / np.sqrt(2)
+    got = f1_at(curve, n)
+    assert got["fitted"] == pytest.approx(fitted, abs=1e-4)
+    assert got["f1"] == pytest.approx(fitted - 0.009, abs=1e-4)
+    assert got["f1"] == pytest.approx(0.778, abs=0.002)  # the issue's own arithmetic on these figures
+    assert got["se"] == pytest.approx(np.sqrt(se_line**2 + se_folds**2 + 0.002**2), abs=1e-4)
+    assert got["slope"] == pytest.approx(line.slope, abs=1e-4)
+    # without a held-out estimate nothing is taken off, and a curve without F1s gives nothing
+    assert f1_at({**curve, "optimism": None}, n)["f1"] == pytest.approx(fitted, abs=1e-4)
+    assert f1_at({"rows": rows, "values": {}, "fit": {}}, n) is None

@@ -48,7 +48,7 @@ def test_demo_kernel_runs_on_kaggles_libraries(small_demo_dir: Path, tmp_path: P
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "embed:exp001/fold0, exp001/fold1" in printed.out  # image + text fold models ran there
-    versions = dict(re.findall(r"^(\S+)\s+(\S+)\s+needs >= ", printed.out, flags=re.MULTILINE))
+    versions = dict(re.findall(r"^(\S+)\s+(\S+)\s+tested >= ", printed.out, flags=re.MULTILINE))
     assert versions["python"].startswith("3.12")
     for dist, oldest in MINIMUM_VERSIONS.items():  # ran on exactly the oldest versions supported
         assert versions[dist].split("+")[0] == oldest, (dist, versions[dist])

@@ -376,12 +376,15 @@ def test_a_kernel_with_a_pair_model_runs_offline_and_equals_predict(trained, tmp
     out, data = trained
     argv = ["optimize-ensemble", "exp001", "--data", str(data), "--output", str(out), "--name", "pm"]
     printed = _run(
-        [*argv, "--tfidf", "--phash", "--blend-stages", "0", "--pair-model", "--no-by-size"], capsys
+        [*argv, "--tfidf", "--phash", "--blend-stages", "0", "--force-pair-model", "--no-by-size"], capsys
     )
     summary = json.loads(printed.strip().splitlines()[-1])
     assert 0 < summary["cv_f1_pair_model"] <= 1 and 0 < summary["cv_f1_pair_model_heldout"] <= 1
     ensemble = json.loads((out / "ensembles" / "pm.json").read_text())
     assert (out / "ensembles" / ensemble["pair_model"]["file"]).is_file()
+    assert ensemble["pair_model"]["shipped"]  # forced, whether it won on CV or not
+    won = ensemble["pair_model"]["cv_f1_heldout"] > ensemble["cv_f1_heldout"]
+    assert ("forced" in ensemble["pair_model"]["why"]) != won
     assert "Pair model (second stage)" in (out / "ensembles" / "pm" / "report.md").read_text()
 
     kernels = tmp_path / "kernels"
@@ -398,3 +401,37 @@ def test_a_kernel_with_a_pair_model_runs_offline_and_equals_predict(trained, tmp
     bundled = ["--ensemble", str(dataset / "ensemble.json"), "--output", str(dataset / "models")]
     _run(["predict", *bundled, "--data", str(data), "--out", str(cli)], capsys)
     assert (tmp_path / "run" / "working" / "submission.csv").read_text() == cli.read_text()
+
+
+def test_a_pair_model_that_lost_on_cv_is_not_shipped(trained, tmp_path: Path, capsys) -> None:
+    """The ensemble keeps a pair model that did not beat the rule as tried: predict matches with the
+    rule, and the kernel neither bundles it nor asks for LightGBM."""
+    out, data = trained
+    argv = ["optimize-ensemble", "exp001", "--data", str(data), "--output", str(out), "--name", "lost"]
+    _run([*argv, "--tfidf", "--blend-stages", "0", "--force-pair-model", "--no-by-size"], capsys)
+    path = out / "ensembles" / "lost.json"
+    ensemble = json.loads(path.read_text())
+    ensemble["pair_model"]["shipped"] = False  # as optimize-ensemble writes it when the rule wins
+    path.write_text(json.dumps(ensemble))
+    printed = _run(
+        ["predict", "--ensemble", str(path), "--data", str(data), "--out", str(tmp_path / "s.csv")], capsys
+    )
+    assert "matching with fixed thresholds (tuned), on" in printed and "pair model" not in printed
+    kernels = tmp_path / "kernels"
+    _run(
+        [
+            "build-kernel",
+            "--ensemble",
+            str(path),
+            "--name",
+            "shopee-lost",
+            "--user",
+            "t",
+            "--out",
+            str(kernels),
+        ],
+        capsys,
+    )
+    dataset = kernels / "shopee-lost-dataset"
+    assert not (dataset / "lost.pairs.txt").exists()
+    assert "lightgbm" not in json.loads((dataset / "shopee-bundle.json").read_text())["requirements"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -88,15 +89,29 @@ def test_kernel_minimums_are_the_kaggle_environment_pins() -> None:
         assert pins.get(dist.lower()) == version, dist
 
 
-def test_environment_cell_names_what_is_too_old(monkeypatch) -> None:
+def test_environment_cell_stops_only_where_the_code_cannot_run(capsys) -> None:
+    """Older than tested: a warning naming the library, and the notebook goes on; below a version
+    known not to work, or missing: one error naming it and what to do, unless a wheel comes."""
     from shopee.kernel.environment import environment_cell, requirements
 
-    needs = {**requirements(), "numpy": "99.0"}
+    untested = {**requirements(), "numpy": "99.0"}
+    exec(compile(environment_cell([], untested), "cell", "exec"), {})
+    printed = capsys.readouterr().out
+    assert re.search(r"^numpy\s+2\.\d+\.\d+\s+tested >= 99\.0  <- older than tested$", printed, re.M)
+    assert re.search(
+        r"^warning: numpy 2\.\d+\.\d+ is older than the 99\.0 this bundle was tested", printed, re.M
+    )
+    broken = {"numpy": "99.0", "python": "3.10"}
     with pytest.raises(
         RuntimeError, match=r"numpy 2\.\d+\.\d+: this kernel needs numpy >= 99\.0; rebuild it with --wheel"
     ):
-        exec(compile(environment_cell([], needs), "cell", "exec"), {})
-    exec(
-        compile(environment_cell(["numpy-99.0-cp312-none-any.whl"], needs), "cell", "exec"), {}
-    )  # a wheel comes
+        exec(compile(environment_cell([], untested, broken), "cell", "exec"), {})
+    exec(compile(environment_cell(["numpy-99.0-cp312-none-any.whl"], untested, broken), "cell", "exec"), {})
+    missing = {**requirements(), "no-such-dist": "1.0"}
+    with pytest.raises(
+        RuntimeError, match=r"no-such-dist is missing: this kernel needs no-such-dist >= 1\.0"
+    ):
+        exec(compile(environment_cell([], missing), "cell", "exec"), {})
+    capsys.readouterr()
     exec(compile(environment_cell([], requirements()), "cell", "exec"), {})  # this environment is new enough
+    assert "warning" not in capsys.readouterr().out

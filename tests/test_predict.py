@@ -265,17 +265,36 @@ def test_two_devices_give_the_submission_of_one(
     path = out / "ensembles" / "two.json"
     write_ensemble(path, ensemble)
     placed: list[tuple[str, str]] = []
-    build = FoldRecord.build_model
+    build, to_device = FoldRecord.build_model, Runtime.to_device
+    moved_to: dict[int, str] = {}  # a batch moved by a runtime -> that runtime's device
+    fed: list[tuple[str, str]] = []  # (model's device, the device its batch was moved to)
+
+    def moving(self, batch):
+        out = to_device(self, batch)
+        moved_to[id(out)] = str(self.device)
+        return out
 
     def spy(self, device="cpu", text_dirs=None):
         placed.append((self.name, str(device)))
-        return build(self, device, text_dirs)
+        model = build(self, device, text_dirs)
+        forward = model.forward
+
+        def checked(batch):  # on CPU every "device" is the same memory: check where it was sent
+            fed.append((str(device), moved_to.get(id(batch), "not moved")))
+            return forward(batch)
+
+        model.forward = checked
+        return model
 
     monkeypatch.setattr(FoldRecord, "build_model", spy)
+    monkeypatch.setattr(Runtime, "to_device", moving)
     one = predict(path, data, devices=[torch.device("cpu")])
     assert placed == [("exp003/fold0", "cpu"), ("exp003/fold1", "cpu")]
+    fed.clear()
     two = predict(path, data, devices=[torch.device("cpu", 0), torch.device("cpu", 1)])
     assert placed[2:] == [("exp003/fold0", "cpu:0"), ("exp003/fold1", "cpu:1")]
+    assert fed and {model for model, _ in fed} == {"cpu:0", "cpu:1"}
+    assert all(model == batch for model, batch in fed), [f for f in fed if f[0] != f[1]][:3]
     pd.testing.assert_frame_equal(one, two)
     assert (one["matches"].str.count(" ") > 0).any()
 
@@ -283,7 +302,8 @@ def test_two_devices_give_the_submission_of_one(
 def test_predict_follows_the_test_size(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     """The ensemble's thresholds are evaluated at the number of rows predicted, and printed;
     --fixed-thresholds uses them as tuned."""
-    from shopee.ensemble_file import params_for_rows
+    import math
+
     from shopee.size_curve import describe
 
     out, data = tuned
@@ -301,10 +321,15 @@ def test_predict_follows_the_test_size(tuned: tuple[Path, Path], tmp_path: Path,
     ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert (
-        f"matching with thresholds for {n_test} rows: {describe(params_for_rows(ensemble, n_test))}"
-        in printed
+    line = next(
+        x for x in printed.splitlines() if x.startswith(f"matching with thresholds for {n_test} rows: ")
     )
+    for m in ensemble["params"]["members"]:  # each threshold as a + b ln(n) within [min, max] +- 0.1
+        if m["type"] == "phash":
+            continue
+        c = ensemble["size_curve"]["fit"][f"members.{m['name']}.threshold"]
+        expected = min(max(c["a"] + c["b"] * math.log(n_test), c["min"] - 0.1), c["max"] + 0.1)
+        assert f"{m['name']} >= {round(expected, 4):g}" in line, (line, expected)
     assert main([*argv, "--fixed-thresholds"]) == 0
     assert (
         f"fixed thresholds (tuned), on {n_test} rows: {describe(ensemble['params'])}"

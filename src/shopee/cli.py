@@ -12,12 +12,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shopee.constants import IMAGE_POLICIES, PREDICT_IMAGE_POLICIES
+from shopee.cli_args import DATA_HELP, add_backend, positive_int
+from shopee.constants import (
+    FOLD_COMBINATIONS,
+    IMAGE_POLICIES,
+    OBJECTIVES,
+    PREDICT_IMAGE_POLICIES,
+    TEST_ROWS,
+)
 from shopee.data import SPLITS, find_data_dir, read_split
 from shopee.errors import ShopeeError, exit_code
 from shopee.outputs import WEIGHT_FORMATS
-
-DATA_HELP = "competition directory or a Kaggle input root holding it [$SHOPEE_DATA, then /kaggle/input]"
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> None:
@@ -86,107 +91,6 @@ def _cmd_baselines(args: argparse.Namespace) -> None:
         print(json.dumps(result))
 
 
-def _cmd_bench_train(args: argparse.Namespace) -> None:
-    from shopee.bench.train import bench_train
-    from shopee.runner import load_experiment
-
-    exp, cfg = load_experiment(args.exp, args.set)
-    result = bench_train(cfg, find_data_dir(args.data), batches=args.batches)
-    print(f"{exp} on {result['device']}, batch {result['batch_size']}, {result['num_workers']} workers:")
-    for what in ("train", "embed"):
-        print(
-            f"  {what:<6} real loader {result[f'{what}_loader_per_s']:8.1f} samples/s   "
-            f"ready tensors {result[f'{what}_tensors_per_s']:8.1f} samples/s   "
-            f"ratio {result[f'{what}_ratio']:.3f}"
-        )
-    print(json.dumps({"exp": exp, **result}))
-
-
-def _cmd_bench_embed(args: argparse.Namespace) -> None:
-    from shopee.bench.embed import bench_embed, print_bench_embed
-    from shopee.runner import load_experiment
-
-    exp, cfg = load_experiment(args.exp, args.set)
-    try:
-        sizes = [int(v) for v in args.image_sizes.split(",")]
-    except ValueError:
-        raise ShopeeError(f"--image-sizes {args.image_sizes!r}: expected sizes like 128,256,384") from None
-    print(f"{exp}:")
-    print_bench_embed(
-        bench_embed(cfg, sizes, batches=args.batches, batch_size=args.batch_size, source_px=args.source_px)
-    )
-
-
-def _cmd_bench_match(args: argparse.Namespace) -> None:
-    from shopee.bench.match import run_bench
-
-    run_bench(
-        args.n,
-        args.dim,
-        search=args.search,
-        pair_model=args.pair_model,
-        train_rows=args.train_rows,
-        search_rows=args.search_rows,
-        blend_stages=args.blend_stages,
-        seed=args.seed,
-        backend=args.backend,
-    )
-
-
-def _cmd_bench_gpu(args: argparse.Namespace) -> None:
-    import torch
-
-    from shopee.bench.gpu import bench_gpu, print_bench_gpu
-    from shopee.runner import load_experiment
-
-    exp, cfg = load_experiment(args.exp, args.set)
-    device = (
-        torch.device(args.device)
-        if args.device
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ShopeeError(
-            "bench gpu: no CUDA device here (use --device cpu to run the same steps on the CPU)"
-        )
-    result = bench_gpu(
-        cfg,
-        device,
-        image_size=args.image_size,
-        steps=args.steps,
-        embed_batches=args.embed_batches,
-        knn_rows=args.knn_rows,
-        knn_dim=args.knn_dim,
-        kernel=Path(args.kernel) if args.kernel else None,
-        data=find_data_dir(args.data) if args.kernel else None,
-        labels=Path(args.labels) if args.labels else None,
-    )
-    print_bench_gpu({"exp": exp, **result})
-
-
-def _cmd_bench_density(args: argparse.Namespace) -> None:
-    from shopee.bench.density import bench_density
-    from shopee.runner import load_experiment
-
-    exp, cfg = load_experiment(args.exp, args.set)
-    try:
-        sizes = tuple(int(v) for v in args.sizes.split(","))
-        folds = tuple(int(v) for v in args.folds.split(","))
-    except ValueError:
-        raise ShopeeError("--sizes and --folds take comma-separated integers") from None
-    bench_density(
-        find_data_dir(args.data),
-        exp,
-        cfg,
-        Path(args.work),
-        tune_rows=args.tune_rows,
-        sizes=sizes,
-        folds=folds,
-        tfidf=args.tfidf,
-        phash=args.phash,
-    )
-
-
 def _cmd_train(args: argparse.Namespace) -> None:
     import torch
 
@@ -238,9 +142,12 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
         blend_stages=args.blend_stages,
         heldout_estimate=args.heldout,
         by_size=args.by_size,
-        pair_model=args.pair_model,
+        pair_model=args.pair_model or args.force_pair_model,
         pca_dims=_dims(args.pca),
         pca_whiten=args.pca_whiten,
+        force_pair_model=args.force_pair_model,
+        test_rows=args.test_rows,
+        fold_combination=args.fold_combination,
     )
     ensemble = read_ensemble(output / "ensembles" / f"{args.name}.json")
     print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -376,13 +283,6 @@ def _dims(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return value
-
-
 def _add_tta(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta",
@@ -390,15 +290,6 @@ def _add_tta(parser: argparse.ArgumentParser) -> None:
         default="none",
         type=str.lower,
         help="test-time augmentation: flip also embeds mirrored images and averages [%(default)s]",
-    )
-
-
-def _add_backend(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend",
-        choices=("torch", "faiss", "cuml", "auto"),
-        default="torch",
-        help="kNN backend [%(default)s]",
     )
 
 
@@ -472,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--phash", action="store_true", help="image phash as a member")
     opt.add_argument(
         "--objective",
-        choices=("dense", "fold", "all"),
+        choices=OBJECTIVES,
         default="dense",
         help="maximize F1 on: dense (each fold's validation rows among its training rows too, at "
         "train's density), fold (within each fold), all (all OOF rows, folds' spaces mixed) [%(default)s]",
@@ -493,7 +384,24 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--pair-model",
         action="store_true",
-        help="train a second stage: LightGBM on candidate pairs of the dense sets; predict then uses it",
+        help="train a second stage: LightGBM on candidate pairs of the dense sets; predict uses it when "
+        "it beats the thresholds on the held-out CV",
+    )
+    opt.add_argument(
+        "--force-pair-model", action="store_true", help="ship the pair model even when it loses on CV"
+    )
+    opt.add_argument(
+        "--test-rows",
+        type=positive_int,
+        default=TEST_ROWS,
+        help="report the CV F1 expected at this many test rows [%(default)s]",
+    )
+    opt.add_argument(
+        "--fold-combination",
+        choices=FOLD_COMBINATIONS,
+        default=FOLD_COMBINATIONS[0],
+        help="how predict combines an experiment's fold models: the mean of their embeddings, or of "
+        "their cosines (each fold's space kept) [%(default)s]",
     )
     opt.add_argument(
         "--by-size",
@@ -508,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="neighbourhood-blending stages to try per embedding member; each tried threshold costs one "
         "kNN search per fold (0 skips blending) [%(default)s]",
     )
-    _add_backend(opt)
+    add_backend(opt)
     opt.set_defaults(func=_cmd_optimize_ensemble)
 
     pred = sub.add_parser("predict", help="embed and match a split with a tuned ensemble; write a submission")
@@ -520,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=("test", "train"), default="test", help="rows to predict [%(default)s]"
     )
     pred.add_argument(
-        "--limit", type=_positive_int, default=None, help="only the first N rows (whole groups on train)"
+        "--limit", type=positive_int, default=None, help="only the first N rows (whole groups on train)"
     )
     pred.add_argument(
         "--image-policy",
@@ -540,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="devices sharing the fold models, e.g. cuda:0,cuda:1 [every visible GPU, else the CPU]",
     )
     _add_tta(pred)
-    _add_backend(pred)
+    add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
 
     kern = sub.add_parser(
@@ -568,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a test image that will not open [%(default)s: the submission stays complete]",
     )
     kern.add_argument(
-        "--cv-rows", type=_positive_int, default=None, help="train rows scored in CV mode [all of train]"
+        "--cv-rows", type=positive_int, default=None, help="train rows scored in CV mode [all of train]"
     )
     kern.add_argument(
         "--wheel", action="append", default=[], metavar="FILE", help="a wheel to install offline (repeatable)"
@@ -581,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kern.add_argument("--strict", action="store_true", help="refuse to build from uncommitted changes")
     kern.add_argument("--overwrite", action="store_true", help="replace folders holding another kernel")
-    _add_backend(kern)
+    add_backend(kern)
     kern.set_defaults(func=_cmd_build_kernel)
 
     runk = sub.add_parser("run-kernel", help="execute a built notebook here, offline, as Kaggle would")
@@ -589,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     runk.add_argument("--data", default=None, help=DATA_HELP)
     runk.add_argument("--dataset", default=None, help="its dataset folder [KERNEL-dataset beside it]")
     runk.add_argument("--work", default=None, help="run folder (input/ and working/) [KERNEL-run beside it]")
-    runk.add_argument("--timeout", type=_positive_int, default=None, help="seconds per cell [no limit]")
+    runk.add_argument("--timeout", type=positive_int, default=None, help="seconds per cell [no limit]")
     runk.add_argument(
         "--python",
         default=None,
@@ -613,101 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--kernel", required=True, help="the kernel's notebook folder")
     summary.set_defaults(func=_cmd_demo_summary)
 
-    bench = sub.add_parser("bench", help="benchmarks that print figures (not tests)")
-    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
-    bench_train = bench_sub.add_parser(
-        "train", help="training and embedding throughput: real loader vs tensors"
-    )
-    bench_train.add_argument("--data", default=None, help=DATA_HELP)
-    bench_train.add_argument("--exp", required=True, help="experiment name (exp/NAME.py) or path")
-    bench_train.add_argument("--batches", type=int, default=10, help="timed batches [%(default)s]")
-    bench_train.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
-    )
-    bench_train.set_defaults(func=_cmd_bench_train)
-    bench_embed = bench_sub.add_parser(
-        "embed",
-        help="per-item inference costs: JPEG decode, image and text forward, GFLOPs, model loading",
-    )
-    bench_embed.add_argument("--exp", required=True, help="experiment name (exp/NAME.py) or path")
-    bench_embed.add_argument(
-        "--image-sizes", default="128,256,384,512", help="comma-separated sizes [%(default)s]"
-    )
-    bench_embed.add_argument("--source-px", type=_positive_int, default=640, help="JPEG side [%(default)s]")
-    bench_embed.add_argument("--batches", type=_positive_int, default=5, help="timed batches [%(default)s]")
-    bench_embed.add_argument("--batch-size", type=_positive_int, default=32, help="[%(default)s]")
-    bench_embed.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
-    )
-    bench_embed.set_defaults(func=_cmd_bench_embed)
-    bench_gpu = bench_sub.add_parser(
-        "gpu",
-        help="the GPU check: training steps in every precision the card has, embedding throughput, "
-        "kNN backends against torch, optionally a kernel run; one JSON line",
-    )
-    bench_gpu.add_argument("--exp", default="exp001", help="experiment name or path [%(default)s]")
-    bench_gpu.add_argument("--device", default=None, help="cuda, cuda:1 or cpu [cuda]")
-    bench_gpu.add_argument("--image-size", type=_positive_int, default=256, help="[%(default)s]")
-    bench_gpu.add_argument(
-        "--steps", type=_positive_int, default=10, help="timed training steps [%(default)s]"
-    )
-    bench_gpu.add_argument("--embed-batches", type=_positive_int, default=10, help="[%(default)s]")
-    bench_gpu.add_argument("--knn-rows", type=_positive_int, default=70000, help="[%(default)s]")
-    bench_gpu.add_argument("--knn-dim", type=_positive_int, default=512, help="[%(default)s]")
-    bench_gpu.add_argument("--kernel", default=None, help="a built kernel folder to run here (run-kernel)")
-    bench_gpu.add_argument("--data", default=None, help=DATA_HELP)
-    bench_gpu.add_argument("--labels", default=None, help="test labels to score the kernel's submission")
-    bench_gpu.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    bench_gpu.set_defaults(func=_cmd_bench_gpu)
-    bench_density = bench_sub.add_parser(
-        "density",
-        help="thresholds tuned on a subset's folds (fixed, dense, size-following) against the best ones on "
-        "larger sets of other groups",
-    )
-    bench_density.add_argument(
-        "--data", default=None, help=DATA_HELP + "; a large demo, e.g. --n-train 25000"
-    )
-    bench_density.add_argument("--exp", default="exp003", help="experiment name or path [%(default)s]")
-    bench_density.add_argument(
-        "--work", default="output/bench-density", help="its own output folder [%(default)s]"
-    )
-    bench_density.add_argument("--tune-rows", type=_positive_int, default=5000, help="[%(default)s]")
-    bench_density.add_argument("--sizes", default="5000,10000,20000", help="evaluation sizes [%(default)s]")
-    bench_density.add_argument("--folds", default="0,1", help="folds trained on the subset [%(default)s]")
-    bench_density.add_argument("--tfidf", action=argparse.BooleanOptionalAction, default=True, help="[on]")
-    bench_density.add_argument("--phash", action=argparse.BooleanOptionalAction, default=True, help="[on]")
-    bench_density.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
-    )
-    bench_density.set_defaults(func=_cmd_bench_density)
-    bench_match = bench_sub.add_parser(
-        "match",
-        help="matching speed on synthetic data: the rule's stages against bare top-k, post-processing; "
-        "--search times the threshold search instead",
-    )
-    bench_match.add_argument("--n", type=int, default=70000, help="synthetic postings [%(default)s]")
-    bench_match.add_argument("--dim", type=int, default=512, help="embedding dimensions [%(default)s]")
-    bench_match.add_argument("--search", action="store_true", help="time the threshold search on OOF rows")
-    bench_match.add_argument(
-        "--pair-model",
-        action="store_true",
-        help="time the second stage (candidates, features, LightGBM) on --n rows",
-    )
-    bench_match.add_argument(
-        "--train-rows",
-        type=_positive_int,
-        default=6000,
-        help="synthetic rows the pair model trains on [%(default)s]",
-    )
-    bench_match.add_argument(
-        "--search-rows", type=int, default=34000, help="OOF rows for --search [%(default)s]"
-    )
-    bench_match.add_argument(
-        "--blend-stages", type=int, default=None, help="blending stages --search tries [the search's default]"
-    )
-    bench_match.add_argument("--seed", type=int, default=0, help="random seed [%(default)s]")
-    _add_backend(bench_match)
-    bench_match.set_defaults(func=_cmd_bench_match)
+    try:  # a Kaggle bundle leaves the benchmarks out
+        from shopee.bench.cli import add_bench_parser
+    except ImportError:
+        pass
+    else:
+        add_bench_parser(sub)
     return parser
 
 

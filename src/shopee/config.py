@@ -200,7 +200,13 @@ class Config:
         for key in set(self.loss_weights) - {"fused", "img", "txt"}:
             raise ConfigError(f"loss_weights: unknown member {key!r} (use fused, img, txt)")
         for i, stage in enumerate(self.stages):
-            parse_stage(stage, i)
+            if parse_stage(stage, i).loss == "protonce" and self.fusion != "none":
+                # its prototypes are clusters of one kind's embeddings, compared with the
+                # image or text features of another width under fusion
+                raise ConfigError(
+                    f"stages[{i}].loss='protonce' works with one encoder (fusion='none'), "
+                    f"not fusion={self.fusion!r}"
+                )
         for i, aug in enumerate(self.augment):
             if not isinstance(aug, dict) or not isinstance(aug.get("name"), str):
                 raise ConfigError(f"augment[{i}] must be a dict with a 'name' (an albumentations transform)")

@@ -11,6 +11,7 @@ import numpy as np
 COMPETITION = "shopee-product-matching"  # Kaggle's slug: data folder name and kernel source
 K = 51  # a Shopee group has at most 51 postings: neighbours searched per row, itself included
 MAX_OTHERS = K - 1  # so a row matches at most 50 others
+TEST_ROWS = 70000  # about the hidden test's size: benchmarks and the thresholds-by-size report
 
 # --- names a config or a command chooses from -----------------------------------------------------
 IMAGE_POLICIES = ("error", "skip", "blank")  # a missing or unreadable image: stop, drop, blank it
@@ -21,6 +22,11 @@ HEADS = (*MARGIN_HEADS, "neg_sampling")  # neg_sampling: the sampled-negative si
 EMBEDDING_KINDS = ("fused", "img", "txt")  # in the order reports list them
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # mixed precision; see ``shopee.runtime``
 TFIDF_TEXT_MODEL = "tfidf_pca"  # text_model: TF-IDF + PCA + MLP titles (models/tfidf_encoder.py)
+# How predict makes one embedding of a kind from an experiment's fold models: the mean of their
+# embeddings, re-normalized, or each fold's kept side by side (scaled by 1/sqrt(folds)) so that a
+# pair's cosine is the mean of the folds' cosines, each in the space its thresholds were tuned in.
+FOLD_COMBINATIONS = ("mean_embedding", "mean_cosine")
+OBJECTIVES = ("dense", "fold", "all")  # the CV sets a rule is scored on (``shopee.scoring``)
 DEFAULT_EMBED_DIM = 512  # width of a projecting neck (linear_bn ...) when ``embed_dim`` is unset
 
 # --- threshold grids (every search and every "F1 at the best threshold" uses these) -------------

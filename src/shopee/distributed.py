@@ -62,12 +62,16 @@ class Dist:
             return torch.device("cuda", self.local_rank)
         return torch.device("cpu")
 
-    def per_process(self, global_batch: int) -> int:
-        """The batch each process takes of a global batch; the global batch must split evenly."""
-        if global_batch % self.world:
+    def per_process(self, global_batch: int, pairs: bool = False) -> int:
+        """The batch each process takes of a global batch; the global batch must split evenly, and
+        with ``pairs`` (head "neg_sampling": batches of two rows of one group) into even slices, so
+        that no pair is torn apart (a row whose positive went to another process has none)."""
+        step = 2 * self.world if pairs else self.world
+        if global_batch % step:
+            why = "into even per-process batches (head 'neg_sampling' takes pairs)" if pairs else ""
             raise ConfigError(
-                f"batch_size={global_batch} (the global batch) does not split over {self.world} processes; "
-                f"use a multiple of {self.world}"
+                f"batch_size={global_batch} (the global batch) does not split over {self.world} processes"
+                f"{' ' + why if why else ''}; use a multiple of {step}"
             )
         return global_batch // self.world
 

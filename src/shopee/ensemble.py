@@ -24,7 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from shopee.constants import EMBEDDING_GRID, PHASH_DISTANCES, TFIDF_GRID, K
+from shopee.constants import (
+    EMBEDDING_GRID,
+    FOLD_COMBINATIONS,
+    OBJECTIVES,
+    PHASH_DISTANCES,
+    TEST_ROWS,
+    TFIDF_GRID,
+    K,
+)
 from shopee.data import read_split
 from shopee.ensemble_file import COMBINED_PREFIX, write_ensemble
 from shopee.errors import ShopeeError
@@ -32,8 +40,8 @@ from shopee.match import PARAMS_VERSION, validate_params
 from shopee.oof import OOFSet
 from shopee.progress import Progress
 from shopee.projection import fit_projection, source_name
-from shopee.scoring import OBJECTIVES, Scorer, Scores, Universe, build_universes
-from shopee.size_curve import fit, get_value, set_value, tunables
+from shopee.scoring import Scorer, Scores, Universe, build_universes
+from shopee.size_curve import describe_f1_at, f1_at, fit, get_value, set_value, tunables
 
 BLEND_GRID = (0.5, 0.6, 0.7, 0.8)
 MIN2_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -301,6 +309,12 @@ def _group_subset(universe: Universe, fraction: float, seed: int) -> Universe:
     return universe.subset(rows, f"{universe.name}@{fraction:g}")
 
 
+def size_subsets(universes: list[Universe], fraction: float, seed: int = 0) -> list[Universe]:
+    """The universes' nested subsets of a ``fraction`` of their groups (the rule's size curve and
+    the pair model's use the same ones)."""
+    return [_group_subset(u, fraction, seed + (u.fold or 0)) for u in universes]
+
+
 def size_curve(
     scorer: Scorer, params: dict[str, Any], objective: str, log: Callable[[str], None], seed: int = 0
 ) -> dict[str, Any] | None:
@@ -309,8 +323,11 @@ def size_curve(
     if not universes:
         return None
     rows, values = [], {path: [] for path in tunables(params)}
+    f1s: list[float] = []
+    rows_folds: dict[str, list[int]] = {}
+    f1_folds: dict[str, list[float]] = {}
     for fraction in SIZE_FRACTIONS:
-        subsets = [_group_subset(u, fraction, seed + (u.fold or 0)) for u in universes]
+        subsets = size_subsets(universes, fraction, seed)
         if not any(u.n_scored for u in subsets):
             log(f"  {fraction:>4.0%} of the groups: no validation row left, skipped")
             continue
@@ -319,13 +336,37 @@ def size_curve(
         tuned, scores = refine(sub, copy.deepcopy(params), objective)
         n = int(round(np.mean([u.n for u in subsets])))
         rows.append(n)
+        f1s.append(scores.value(objective))
         for path in values:
             values[path].append(get_value(tuned, path))
+        for u in subsets:  # each fold's own F1 against its own size: the spread of the F1 fit
+            if u.n_scored and u.fold is not None:
+                rows_folds.setdefault(str(u.fold), []).append(u.n)
+                f1_folds.setdefault(str(u.fold), []).append(float(sub.row_scores(tuned, u).f1.mean()))
         log(f"  {fraction:>4.0%} of the groups, {n} rows: F1 {scores.value(objective):.4f}")
     if len(rows) < 2:
         log("  too few subsets for a fit: the thresholds stay as tuned")
         return None
-    return fit(rows, values)
+    return {**fit(rows, values), "f1": f1s, "rows_folds": rows_folds, "f1_folds": f1_folds}
+
+
+def optimism(
+    scorer: Scorer, params: dict[str, Any], objective: str, held: dict[str, Any]
+) -> dict[str, float]:
+    """What tuning on the scored rows adds: per fold, the tuned rule's F1 less the held-out one
+    (tuned without that fold); ``f1`` their mean (weighted as the objective weighs folds) and
+    ``se`` its standard error over folds."""
+    gaps, weights = [], []
+    for u in scorer.of(objective):
+        if u.fold is None or str(u.fold) not in held["folds"] or not u.n_scored:
+            continue
+        gaps.append(float(scorer.row_scores(params, u).f1.mean()) - held["folds"][str(u.fold)])
+        weights.append(1.0 if objective == "fold" else float(u.n_scored))
+    if not gaps:
+        return {"f1": 0.0, "se": 0.0}
+    mean = float(np.average(gaps, weights=weights))
+    se = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else 0.0
+    return {"f1": round(mean, 6), "se": round(se, 6)}
 
 
 def optimize_ensemble(
@@ -345,15 +386,27 @@ def optimize_ensemble(
     pair_model: bool = False,
     pca_dims: tuple[int, ...] = (),
     pca_whiten: bool = False,
+    force_pair_model: bool = False,
+    test_rows: int = TEST_ROWS,
+    fold_combination: str = FOLD_COMBINATIONS[0],
 ) -> dict[str, Any]:
     """Load the experiments' OOF, search the params, write ``<output>/ensembles/NAME.json`` and
-    the report folder; returns the summary printed as the last line."""
+    the report folder; returns the summary printed as the last line.
+
+    A pair model (``pair_model``) is shipped (used by predict) only when it beats the rule on the
+    held-out CV (on the dense CV without a held-out estimate), or when ``force_pair_model``;
+    ``test_rows`` is the row count the expected F1 is reported at; ``fold_combination`` is how
+    predict is to combine the fold models (``FOLD_COMBINATIONS``)."""
     from shopee.oof import load_oof
     from shopee.report import write_report
 
     started = time.perf_counter()
     if objective not in OBJECTIVES:
         raise ShopeeError(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if fold_combination not in FOLD_COMBINATIONS:
+        raise ShopeeError(
+            f"--fold-combination {fold_combination!r}: use one of {', '.join(FOLD_COMBINATIONS)}"
+        )
     if pair_model:
         from shopee.pairwise.model import _lightgbm
 
@@ -426,13 +479,15 @@ def optimize_ensemble(
             "pair model (LightGBM on candidate pairs of the dense sets, out-of-fold by outer fold):",
             flush=True,
         )
+        dense = scorer.of("dense")
         pairs = train_pair_model(
-            scorer.of("dense"),
+            dense,
             result.params,
             output / "ensembles" / f"{name}.pairs.txt",
             lambda line: print(line, flush=True),
             backend=backend,
             device=device,
+            size_subsets=[size_subsets(dense, f) for f in SIZE_FRACTIONS if f < 1] if by_size else (),
         )
         print(
             f"  pair model: CV F1 {pairs['cv_f1']:.4f} (held-out {pairs['cv_f1_heldout']:.4f}) at "
@@ -440,10 +495,16 @@ def optimize_ensemble(
             f"{scores.value('dense'):.4f}",
             flush=True,
         )
-    curve = None
+    curve = at_test = None
     if by_size:
         print(f"thresholds by size ({objective} sets, nested subsets of their groups):", flush=True)
         curve = size_curve(scorer, result.params, objective, lambda line: print(line, flush=True))
+        if curve is not None and held:
+            curve["optimism"] = optimism(scorer, result.params, objective, held)
+        at_test = f1_at(curve, test_rows) if curve else None
+        print(describe_f1_at(at_test), flush=True)
+    if pairs is not None:
+        _decide_pair_model(pairs, scores.value("dense"), held, force_pair_model)
 
     ensemble = {
         "name": name,
@@ -454,7 +515,9 @@ def optimize_ensemble(
         "cv_f1_heldout": held["f1"] if held else None,
         "heldout": held,
         "size_curve": curve,
+        "cv_f1_at_rows": at_test,
         "pair_model": pairs,
+        "fold_combination": fold_combination,
         "scores": scores.as_dict(),
         "members": {
             n: {"threshold": a["threshold"], **{o: a[o] for o in scorer.objectives}}
@@ -477,16 +540,43 @@ def optimize_ensemble(
     return {
         "name": name,
         "objective": objective,
-        "cv_f1": ensemble["cv_f1"],
-        **{f"cv_f1_{o}": scores.value(o) for o in scorer.objectives},
-        "cv_f1_heldout": ensemble["cv_f1_heldout"],
-        **(
-            {"cv_f1_pair_model": pairs["cv_f1"], "cv_f1_pair_model_heldout": pairs["cv_f1_heldout"]}
-            if pairs
-            else {}
-        ),
+        **_figures(ensemble),
         "members": {n: a[objective] for n, a in result.alone.items()},
     }
+
+
+def _decide_pair_model(
+    pairs: dict[str, Any],
+    rule_cv: float,
+    held: dict[str, Any] | None,
+    force: bool,
+) -> None:
+    """Whether predict is to use the pair model (``pairs["shipped"]``) and why, said on stdout."""
+    if held is not None:
+        mine, rule, on = pairs["cv_f1_heldout"], held["f1"], "held-out CV"
+    else:
+        mine, rule, on = pairs["cv_f1"], rule_cv, "dense CV"
+    better = mine > rule + 1e-6
+    pairs["shipped"] = bool(better or force)
+    pairs["why"] = f"{on}: pair model {mine:.4f}, thresholds {rule:.4f}" + (
+        "" if better else ("; shipped anyway (forced)" if force else "; not shipped, predict uses the rule")
+    )
+    print(f"  pair model {'shipped' if pairs['shipped'] else 'not shipped'}: {pairs['why']}", flush=True)
+
+
+def _figures(ensemble: dict[str, Any]) -> dict[str, float | None]:
+    """Every CV F1 of the ensemble (tuned, per objective, held out) and of its pair model."""
+    figures = {
+        key: value
+        for key, value in ensemble.items()
+        if key.startswith("cv_f1") and not isinstance(value, dict)
+    }
+    if ensemble.get("cv_f1_at_rows"):
+        figures["cv_f1_at_rows"] = ensemble["cv_f1_at_rows"]["f1"]
+    if ensemble.get("pair_model"):
+        figures["cv_f1_pair_model"] = ensemble["pair_model"]["cv_f1"]
+        figures["cv_f1_pair_model_heldout"] = ensemble["pair_model"]["cv_f1_heldout"]
+    return figures
 
 
 def _track(output: Path, ensemble: dict[str, Any], tfidf: bool, phash: bool, blend_stages: int) -> None:
@@ -507,13 +597,9 @@ def _track(output: Path, ensemble: dict[str, Any], tfidf: bool, phash: bool, ble
         "data": ensemble["data"]["train_sha256"][:10],
     }
     tracker = Tracker.start(output, "ensembles", ensemble["name"], params, tags)
-    figures = {
-        key: value for key, value in ensemble.items() if key.startswith("cv_f1") and isinstance(value, float)
-    }
-    if ensemble.get("pair_model"):
-        figures["cv_f1_pair_model"] = ensemble["pair_model"]["cv_f1"]
-        figures["cv_f1_pair_model_heldout"] = ensemble["pair_model"]["cv_f1_heldout"]
-    tracker.metrics({**figures, "seconds": ensemble["seconds"], "evaluations": ensemble["evaluations"]})
+    tracker.metrics(  # a held-out estimate not made (None) is left out
+        {**_figures(ensemble), "seconds": ensemble["seconds"], "evaluations": ensemble["evaluations"]}
+    )
     tracker.end()
 
 

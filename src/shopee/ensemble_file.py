@@ -15,7 +15,10 @@
      "cv_f1_heldout": ...,           # the same search scored on folds it did not tune on
      "size_curve": {...},            # thresholds against rows matched (shopee.size_curve) or null
      "pair_model": {...},            # the second stage (shopee.pairwise.model) or null: its model
-                                     # file beside this one, features, floors, thresholds, CV F1
+                                     # file beside this one, features, floors, thresholds, CV F1,
+                                     # "shipped" (false: tried, lost to the rule; predict ignores it)
+     "fold_combination": "mean_embedding",   # how predict combines fold models (constants)
+     "cv_f1_at_rows": {...},         # the F1 expected at a test's row count (size_curve.f1_at)
      "scores": {...}, "members": {...}, "steps": [...], "skipped": [...], ...}
 
 An embedding source is ``<exp>:<kind>`` (the fold models' embeddings of that kind, averaged over
@@ -34,11 +37,12 @@ from typing import Any
 import pandas as pd
 
 from shopee.atomic import write_json
+from shopee.constants import FOLD_COMBINATIONS, OBJECTIVES
 from shopee.errors import ShopeeError
 from shopee.folds import DataFingerprint
 from shopee.match import validate_params
 from shopee.projection import is_projection
-from shopee.size_curve import params_at_rows, tunables
+from shopee.size_curve import f1_at, params_at_rows, tunables
 
 ENSEMBLE_FORMAT = 2
 COMBINED_PREFIX = "cat:"
@@ -124,8 +128,8 @@ def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
                 where,
                 f"params.members[{i}].source",
             )
-    if ensemble.get("objective") not in ("dense", "fold", "all"):
-        _fail(where, "objective", f"expected dense, fold or all, got {ensemble.get('objective')!r}")
+    if ensemble.get("objective") not in OBJECTIVES:
+        _fail(where, "objective", f"expected {', '.join(OBJECTIVES)}, got {ensemble.get('objective')!r}")
     _number(ensemble, "cv_f1", where)
     curve = ensemble.get("size_curve")
     if curve is not None:
@@ -144,6 +148,14 @@ def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
             _fail(where, "pair_model", f"expected null or an object with {', '.join(needed)}")
         if Path(str(pairs["file"])).name != pairs["file"]:
             _fail(where, "pair_model.file", "expected a file name beside the ensemble file")
+        if not isinstance(pairs.get("shipped", True), bool):
+            _fail(where, "pair_model.shipped", "expected true or false")
+    if ensemble.get("fold_combination", FOLD_COMBINATIONS[0]) not in FOLD_COMBINATIONS:
+        _fail(
+            where,
+            "fold_combination",
+            f"expected {' or '.join(FOLD_COMBINATIONS)}, got {ensemble.get('fold_combination')!r}",
+        )
     return {**ensemble, "params": params}
 
 
@@ -178,10 +190,33 @@ def params_for_rows(ensemble: dict[str, Any], n: int, by_size: bool = True) -> d
     return validate_params(params_at_rows(ensemble["params"], curve, n))
 
 
-def pair_model_path(ensemble_path: str | Path, ensemble: dict[str, Any]) -> Path | None:
-    """Where the ensemble's pair model lies (beside its file), or None without one."""
+def shipped_pair_model(ensemble: dict[str, Any]) -> dict[str, Any] | None:
+    """The ensemble's pair model when predict is to use it (an ensemble written before the field
+    existed shipped every pair model it had), else None."""
     pairs = ensemble.get("pair_model")
+    return pairs if pairs and pairs.get("shipped", True) else None
+
+
+def pair_model_path(ensemble_path: str | Path, ensemble: dict[str, Any]) -> Path | None:
+    """Where the ensemble's shipped pair model lies (beside its file), or None."""
+    pairs = shipped_pair_model(ensemble)
     return Path(ensemble_path).parent / pairs["file"] if pairs else None
+
+
+def expected_f1(ensemble: dict[str, Any], n: int, pair_model: bool = True) -> dict[str, Any] | None:
+    """The F1 the CV expects on ``n`` rows of unseen groups (``size_curve.f1_at``) of what
+    predict ships: the rule's, or (``pair_model``) a shipped pair model's from its own size
+    curve. None without a size curve holding F1s."""
+    pairs = shipped_pair_model(ensemble) if pair_model else None
+    if pairs:
+        estimate = f1_at(pairs.get("size_curve"), n)
+        return {**estimate, "of": "pair model"} if estimate else None
+    return f1_at(ensemble.get("size_curve"), n)
+
+
+def fold_combination(ensemble: dict[str, Any]) -> str:
+    """How predict combines an experiment's fold models (``FOLD_COMBINATIONS``)."""
+    return ensemble.get("fold_combination", FOLD_COMBINATIONS[0])
 
 
 def ensemble_data(ensemble: dict[str, Any]) -> DataFingerprint:
@@ -210,10 +245,15 @@ def side_files(ensemble_path: str | Path, ensemble: dict[str, Any]) -> list[Path
     return files + ([pairs] if pairs else [])
 
 
+def scored_objectives(ensemble: dict[str, Any]) -> list[str]:
+    """The CV sets the ensemble's rules were scored on (a ``cv_f1_<objective>`` each)."""
+    return [o for o in OBJECTIVES if f"cv_f1_{o}" in ensemble]
+
+
 def summary_table(ensemble: dict[str, Any]) -> pd.DataFrame:
     """F1 after each rule the search added on every CV set scored, and the objective's precision
     and recall."""
-    objectives = [o for o in ("dense", "fold", "all") if f"cv_f1_{o}" in ensemble]
+    objectives = scored_objectives(ensemble)
     main = ensemble["objective"]
     rows = []
     for s in ensemble.get("steps", []):

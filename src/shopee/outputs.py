@@ -23,7 +23,7 @@ Everything else (OOF loading, ``predict``, the kernel bundle, summaries) reads a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -252,10 +252,13 @@ class FoldRecord:
 
     def oof(self, kind: str, rows: int | None = None) -> np.ndarray:
         """``oof_<kind>.npy`` as float32, checked: ``rows`` rows (when given), all finite."""
-        path = self.path / oof_file(kind)
+        return self._array(oof_file(kind), rows, "the index")
+
+    def _array(self, name: str, rows: int | None, index: str) -> np.ndarray:
+        path = self.path / name
         array = np.load(path).astype(np.float32, copy=False)
         if rows is not None and len(array) != rows:
-            raise ShopeeError(f"{path}: {len(array)} rows for {rows} in the index")
+            raise ShopeeError(f"{path}: {len(array)} rows for {rows} in {index}")
         if not np.isfinite(array).all():
             raise ShopeeError(f"{path}: holds NaN or inf")
         return array
@@ -271,14 +274,8 @@ class FoldRecord:
         return pd.read_parquet(self.path / DENSE_INDEX_FILE)
 
     def dense(self, kind: str, rows: int | None = None) -> np.ndarray:
-        """``dense_<kind>.npy`` as float32, checked like ``oof``."""
-        path = self.path / dense_file(kind)
-        array = np.load(path).astype(np.float32)
-        if rows is not None and len(array) != rows:
-            raise ShopeeError(f"{path}: {len(array)} rows for {rows} in {DENSE_INDEX_FILE}")
-        if not np.isfinite(array).all():
-            raise ShopeeError(f"{path}: holds NaN or inf")
-        return array
+        """``dense_<kind>.npy`` (stored float16) as float32, checked like ``oof``."""
+        return self._array(dense_file(kind), rows, DENSE_INDEX_FILE)
 
     # --- the model -------------------------------------------------------------------------------
     def build_model(
@@ -291,22 +288,13 @@ class FoldRecord:
         config and tokenizer files (a kernel bundles them); without an entry the text model is
         resolved as in training.
         """
-        import dataclasses
-
         import safetensors.torch
 
-        from shopee.models import ShopeeModel
-
         self.require(MODEL_FILES, "the model cannot be rebuilt")
-        cfg = self.config
-        build = dataclasses.replace(cfg, image_pretrained=False, text_pretrained=False)
-        if cfg.text_model and self.text_key in (text_dirs or {}):
-            build = dataclasses.replace(build, text_weights=str(text_dirs[self.text_key]))  # type: ignore[index]
         weights = self.path / MODEL_FILE
         state = safetensors.torch.load_file(str(weights), device="cpu")
         # a slim (inference) checkpoint has no margin heads: build the model without them
-        with_heads = any(key.startswith(HEAD_PREFIX) for key in state)
-        model = ShopeeModel(build, self.n_classes, with_heads=with_heads)
+        model = self._skeleton(text_dirs, with_heads=any(key.startswith(HEAD_PREFIX) for key in state))
         missing, unexpected = model.load_state_dict(state, strict=False)  # casts fp16 tensors up
         if missing or unexpected:
             raise ShopeeError(
@@ -315,14 +303,39 @@ class FoldRecord:
             )
         return model.to(device).eval()
 
+    def _skeleton(self, text_dirs: Mapping[str, str | Path] | None, with_heads: bool) -> ShopeeModel:
+        """The fold's architecture, randomly initialised, nothing read from a hub."""
+        import dataclasses
+
+        from shopee.models import ShopeeModel
+
+        cfg = self.config
+        build = dataclasses.replace(cfg, image_pretrained=False, text_pretrained=False)
+        if cfg.text_model and self.text_key in (text_dirs or {}):
+            build = dataclasses.replace(build, text_weights=str(text_dirs[self.text_key]))  # type: ignore[index]
+        return ShopeeModel(build, self.n_classes, with_heads=with_heads)
+
+    def buffer_keys(self) -> set[str]:
+        """The checkpoint keys that are buffers, not parameters (BatchNorm statistics, the TF-IDF
+        encoder's vocabulary, IDF weights and PCA): built on the meta device, so no memory."""
+        import torch
+
+        with torch.device("meta"):
+            model = self._skeleton(None, with_heads=False)
+        return {name for name, _ in model.named_buffers()}
+
 
 # --- writing ------------------------------------------------------------------------------------
 
 
-def write_inference_weights(source: Path, target: Path, weights: str = "fp16") -> None:
+def write_inference_weights(
+    source: Path, target: Path, weights: str = "fp16", buffers: Collection[str] = ()
+) -> None:
     """``source``'s ``model.safetensors`` for inference only into ``target``: without the margin
-    heads and, with ``weights="fp16"``, its large floating tensors in float16 (small ones, such as
-    biases and BatchNorm statistics, keep float32: they weigh nothing and fp16 would round them)."""
+    heads and, with ``weights="fp16"``, its large floating parameters in float16 (small ones, such
+    as biases, keep float32: they weigh nothing and fp16 would round them). ``buffers`` (the keys
+    of ``FoldRecord.buffer_keys``) keep their own dtype: they are not weights but fitted
+    statistics (the TF-IDF encoder's IDF and PCA), which fp16 would change."""
     import safetensors.torch
     import torch
 
@@ -333,7 +346,12 @@ def write_inference_weights(source: Path, target: Path, weights: str = "fp16") -
     for key, tensor in state.items():
         if key.startswith(HEAD_PREFIX):
             continue
-        if weights == "fp16" and tensor.is_floating_point() and tensor.numel() >= FP16_MIN_ELEMENTS:
+        if (
+            weights == "fp16"
+            and key not in buffers
+            and tensor.is_floating_point()
+            and tensor.numel() >= FP16_MIN_ELEMENTS
+        ):
             tensor = tensor.to(torch.float16)
         slim[key] = tensor.contiguous()
     with atomic_path(target / MODEL_FILE) as tmp:

@@ -20,26 +20,29 @@ import pandas as pd
 import torch
 
 from shopee.atomic import write_csv
-from shopee.constants import PREDICT_IMAGE_POLICIES
+from shopee.constants import FOLD_COMBINATIONS, PREDICT_IMAGE_POLICIES
 from shopee.data import read_split
 from shopee.embed import embed_rows
 from shopee.ensemble_file import (
     COMBINED_PREFIX,
     embedding_sources,
     ensemble_data,
+    expected_f1,
+    fold_combination,
     pair_model_path,
     params_for_rows,
     read_ensemble,
+    shipped_pair_model,
 )
 from shopee.errors import ShopeeError
 from shopee.folds import train_sha256
-from shopee.match import match, matches_to_strings
+from shopee.match import Pairs, match, matches_to_strings, normalize_rows
 from shopee.metrics import MatchScore, score_submission
 from shopee.oof import combined_embedding
 from shopee.outputs import FoldRecord, fold_dir
 from shopee.projection import Projection, is_projection
 from shopee.runtime import Runtime, visible_devices
-from shopee.size_curve import describe
+from shopee.size_curve import describe, describe_f1_at
 
 
 def ensemble_records(ensemble: dict[str, Any], output: Path) -> list[FoldRecord]:
@@ -79,7 +82,7 @@ def check_data_dir(ensemble: dict[str, Any], data_dir: Path) -> str:
     return ""
 
 
-def ensemble_embeddings(
+def fold_embeddings(
     ensemble: dict[str, Any],
     records: list[FoldRecord],
     df: pd.DataFrame,
@@ -89,23 +92,21 @@ def ensemble_embeddings(
     *,
     tta: str | None = None,
     text_dirs: Mapping[str, str | Path] | None = None,
-    ensemble_dir: Path | None = None,
-) -> dict[str, np.ndarray]:
-    """Every embedding source the params use, for the rows of ``df`` (projections are read from
-    ``ensemble_dir``, where the ensemble file lies).
+) -> dict[str, list[np.ndarray]]:
+    """Each ``<exp>:<kind>`` source the params need, for the rows of ``df``: one L2-normalized
+    array per fold model of the experiment.
 
-    Each ``<exp>:<kind>`` is the mean of the experiment's fold models' embeddings, re-normalized;
-    fold models (of any experiment) that read identical batches embed in one pass, in the
+    Fold models (of any experiment) that read identical batches embed in one pass, in the
     precision their config asks for (``Runtime``). The models of a pass are spread round-robin
     over ``devices`` (both GPUs of a Kaggle T4 x2): each device embeds its share of them from the
     same decoded batches, so the result is that of one device.
     """
-    needed, base = embedding_sources(ensemble)
+    _, base = embedding_sources(ensemble)
     groups: dict[tuple[Any, ...], list[FoldRecord]] = {}
     for record in records:
         if any(s.startswith(f"{record.exp}:") for s in base):
             groups.setdefault(record.loader_key, []).append(record)
-    sums: dict[str, np.ndarray] = {}
+    per_fold: dict[str, list[np.ndarray]] = {}
     for members in groups.values():
         started = time.perf_counter()
         placed = [devices[i % len(devices)] for i in range(len(members))]
@@ -119,14 +120,54 @@ def ensemble_embeddings(
             for kind, array in out.items():
                 key = f"{record.exp}:{kind}"
                 if key in base:
-                    sums[key] = sums.get(key, 0) + array
+                    per_fold.setdefault(key, []).append(array)
         del models
         if timings is not None:
             timings[f"embed:{', '.join(r.name for r in members)}"] = round(time.perf_counter() - started, 2)
-    missing = base - set(sums)
+    missing = base - set(per_fold)
     if missing:
         raise ShopeeError(f"the params use {', '.join(sorted(missing))}, which no trained fold produces")
-    embeddings = {k: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for k, v in sums.items()}
+    return per_fold
+
+
+def combine_folds(per_fold: Mapping[str, Sequence[np.ndarray]], how: str) -> dict[str, np.ndarray]:
+    """One embedding per source from its fold models' (see ``FOLD_COMBINATIONS``)."""
+    if how == "mean_embedding":
+        return {k: normalize_rows(np.sum(arrays, axis=0)) for k, arrays in per_fold.items()}
+    if how == "mean_cosine":  # each fold's space kept: a pair's cosine is the mean of the folds'
+        return {k: combined_embedding(list(arrays), [1.0] * len(arrays)) for k, arrays in per_fold.items()}
+    raise ShopeeError(f"fold combination {how!r}: use one of {', '.join(FOLD_COMBINATIONS)}")
+
+
+def ensemble_embeddings(
+    ensemble: dict[str, Any],
+    records: list[FoldRecord],
+    df: pd.DataFrame,
+    devices: Sequence[torch.device],
+    image_policy: str,
+    timings: dict[str, float] | None = None,
+    *,
+    tta: str | None = None,
+    text_dirs: Mapping[str, str | Path] | None = None,
+    ensemble_dir: Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Every embedding source the params use, for the rows of ``df`` (projections are read from
+    ``ensemble_dir``, where the ensemble file lies): the fold models' embeddings
+    (``fold_embeddings``) combined as the ensemble says (``fold_combination``), then the sources
+    built from them."""
+    per_fold = fold_embeddings(
+        ensemble, records, df, devices, image_policy, timings, tta=tta, text_dirs=text_dirs
+    )
+    return with_derived_sources(ensemble, combine_folds(per_fold, fold_combination(ensemble)), ensemble_dir)
+
+
+def with_derived_sources(
+    ensemble: dict[str, Any], embeddings: dict[str, np.ndarray], ensemble_dir: Path | None = None
+) -> dict[str, np.ndarray]:
+    """``embeddings`` (``<exp>:<kind>`` sources) with the sources the params build from them:
+    concatenations (``cat:<kind>``) and projections (read from ``ensemble_dir``)."""
+    needed, _ = embedding_sources(ensemble)
+    embeddings = dict(embeddings)
     combined = ensemble.get("combined_sources", {})
     for source in sorted(s for s in needed if s.startswith(COMBINED_PREFIX)):
         parts = combined[source]
@@ -209,29 +250,57 @@ def predict(
         ensemble_dir=Path(ensemble_path).parent,
     )
     started = time.perf_counter()
-    inputs = dict(embeddings=embeddings, titles=df["title"].to_numpy(), phashes=df["image_phash"].to_numpy())
-    if ensemble.get("pair_model"):
-        from shopee.pairwise.model import load_booster, predict_pairs
-
-        info = ensemble["pair_model"]
-        booster = load_booster(pair_model_path(ensemble_path, ensemble))
-        print(
-            f"matching with the pair model on {len(df)} rows: probability >= {info['threshold']}, "
-            f"min2 {info['min2']}",
-            flush=True,
-        )
-        pairs = predict_pairs(
-            info, booster, len(df), backend=backend, device=devices[0].type, timings=timings, **inputs
-        )
-    else:
-        params = params_for_rows(ensemble, len(df), by_size)
-        how = "thresholds for" if by_size and ensemble.get("size_curve") else "fixed thresholds (tuned), on"
-        print(f"matching with {how} {len(df)} rows: {describe(params)}", flush=True)
-        pairs = match(params, len(df), backend=backend, device=devices[0].type, timings=timings, **inputs)
+    pairs = match_rows(
+        ensemble,
+        ensemble_path,
+        df,
+        embeddings,
+        backend=backend,
+        device=devices[0].type,
+        by_size=by_size,
+        timings=timings,
+    )
     timings["match"] = round(time.perf_counter() - started, 2)
+    if by_size:
+        print(describe_f1_at(expected_f1(ensemble, len(df))), flush=True)
     return pd.DataFrame(
         {"posting_id": df["posting_id"], "matches": matches_to_strings(pairs, df["posting_id"])}
     )
+
+
+def match_rows(
+    ensemble: dict[str, Any],
+    ensemble_path: Path,
+    df: pd.DataFrame,
+    embeddings: dict[str, np.ndarray],
+    *,
+    backend: str = "torch",
+    device: str = "cpu",
+    by_size: bool = True,
+    pair_model: bool = True,
+    timings: dict[str, float] | None = None,
+) -> Pairs:
+    """The matches of ``df``'s rows from their embeddings, as the ensemble ships them: its pair
+    model when it has one shipped (and ``pair_model``), else its rule with the thresholds for
+    ``len(df)`` rows (``by_size``) or as tuned. Says on stdout what it uses."""
+    inputs = dict(embeddings=embeddings, titles=df["title"].to_numpy(), phashes=df["image_phash"].to_numpy())
+    info = shipped_pair_model(ensemble) if pair_model else None
+    if info:
+        from shopee.pairwise.model import load_booster, predict_pairs
+
+        booster = load_booster(pair_model_path(ensemble_path, ensemble))
+        print(
+            f"matching with the pair model on {len(df)} rows: probability >= {info['threshold']}, "
+            f"min2 {info['min2']} (as tuned: the pair model's thresholds do not follow the row count)",
+            flush=True,
+        )
+        return predict_pairs(
+            info, booster, len(df), backend=backend, device=device, timings=timings, **inputs
+        )
+    params = params_for_rows(ensemble, len(df), by_size)
+    how = "thresholds for" if by_size and ensemble.get("size_curve") else "fixed thresholds (tuned), on"
+    print(f"matching with {how} {len(df)} rows: {describe(params)}", flush=True)
+    return match(params, len(df), backend=backend, device=device, timings=timings, **inputs)
 
 
 def score_on_train(submission: pd.DataFrame, data_dir: Path) -> MatchScore:

@@ -138,13 +138,17 @@ class Logger:
 
     def file(self, message: str) -> None:
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+            self._append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}")
 
     def __call__(self, message: str) -> None:
         if self.enabled:
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
-            self.file(message)
+            line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+            print(line, flush=True)
+            self._append(line)
+
+    def _append(self, line: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 def _stop_on_sigterm(dist: Dist, work: Path) -> None:
@@ -189,7 +193,7 @@ def train_fold(
     cfg = effective_config(cfg.validate(), debug)
     dist = Dist.from_env()
     if dist.enabled:
-        dist.per_process(cfg.batch_size)  # a global batch that does not split is an error, early
+        dist.per_process(cfg.batch_size, pairs=cfg.head == "neg_sampling")  # an error, early
         if not dist.is_main:
             os.environ["TQDM_DISABLE"] = "1"  # one progress bar: rank 0's
     data = load_fold_data(cfg, data_dir, fold, debug)
@@ -279,6 +283,7 @@ def train_fold(
         if data.skipped:
             log(f"image_policy skip: {data.skipped} training rows with unusable images left out")
     embeddings: dict[str, np.ndarray] = {}
+    commit = git_commit(code_dir or Path.cwd())
     tracker = Tracker.start(
         output,
         exp,
@@ -287,7 +292,7 @@ def train_fold(
         {
             "exp": exp,
             "fold": fold,
-            "git_commit": git_commit(code_dir or Path.cwd()),
+            "git_commit": commit,
             "output": str(final.resolve()),
             "data": data.fingerprint.short(),
             "processes": dist.world,
@@ -396,7 +401,7 @@ def train_fold(
         "fold": fold,
         "seed": cfg.seed,
         "debug": debug,
-        "git_commit": git_commit(code_dir or Path.cwd()),
+        "git_commit": commit,
         "data": {"dir": str(Path(data_dir).resolve()), **data.fingerprint.to_dict()},
         "n_classes": data.n_classes,
         "n_train": len(data.train),

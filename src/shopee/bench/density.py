@@ -25,17 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from shopee.atomic import write_csv
+from shopee.bench.split import main_threshold, rule_f1, split_by_group, whole_groups, write_subset
 from shopee.config import Config
 from shopee.data import read_split
 from shopee.ensemble import optimize_ensemble, refine
 from shopee.ensemble_file import read_ensemble
 from shopee.errors import ShopeeError
-from shopee.match import match
-from shopee.metrics import score_pairs
 from shopee.predict import ensemble_embeddings, ensemble_records
 from shopee.runtime import visible_devices
 from shopee.scoring import Scorer, Universe
@@ -44,31 +41,6 @@ from shopee.size_curve import params_at_rows, tunables
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _whole_groups(df: pd.DataFrame, rows: int, order: np.ndarray) -> np.ndarray:
-    """Row positions of the first groups in ``order`` that fit in ``rows`` rows."""
-    sizes = df.groupby("label_group").size()
-    cumulative = sizes.loc[order].cumsum()
-    keep = cumulative.index[cumulative <= rows]
-    return np.flatnonzero(df["label_group"].isin(keep).to_numpy())
-
-
-def _rule_f1(params: dict[str, Any], rows: pd.DataFrame, embeddings: dict[str, np.ndarray]) -> float:
-    pairs = match(
-        params,
-        len(rows),
-        embeddings=embeddings,
-        titles=rows["title"].to_numpy(),
-        phashes=rows["image_phash"].to_numpy(),
-    )
-    return score_pairs(*pairs.with_self(), rows["label_group"].to_numpy()).mean().f1
-
-
-def _main_threshold(params: dict[str, Any]) -> float | None:
-    """The threshold of the rule's first embedding member (else of its first thresholded one)."""
-    ranked = sorted(params["members"], key=lambda m: m["type"] != "embedding")
-    return next((m["threshold"] for m in ranked if "threshold" in m), None)
 
 
 def run_density(
@@ -88,22 +60,13 @@ def run_density(
 
     started = time.perf_counter()
     train = read_split(data_dir, "train", check_images=False)
-    groups = train["label_group"].unique()
-    order = np.random.default_rng(seed).permutation(groups)
-    tune_pos = _whole_groups(train, tune_rows, order)
-    tune = train.iloc[tune_pos]
-    pool = train.drop(index=train.index[tune_pos]).reset_index(drop=True)
+    tune, pool = split_by_group(train, tune_rows, seed)
     if len(pool) < max(sizes):
         raise ShopeeError(
             f"bench density: {len(pool)} rows outside the tuning subset, fewer than --sizes asks "
             f"({max(sizes)}); make a larger demo (--n-train {tune_rows + max(sizes) + 500})"
         )
-    # The tuning subset as a competition folder of its own (its images are the same files).
-    subset = work / "tune-data"
-    raw = pd.read_csv(data_dir / "train.csv", dtype=str, keep_default_na=False)
-    write_csv(subset / "train.csv", raw[raw["posting_id"].isin(tune["posting_id"])])
-    if (data_dir / "train_images").is_dir() and not (subset / "train_images").exists():
-        (subset / "train_images").symlink_to((data_dir / "train_images").resolve(), target_is_directory=True)
+    subset = write_subset(data_dir, tune, work / "tune-data")
     output = work / "output"
     for fold in folds:
         _log(f"density: training {exp} fold {fold} on {len(tune)} rows ...")
@@ -125,14 +88,14 @@ def run_density(
     eval_order = np.random.default_rng(seed + 1).permutation(pool["label_group"].unique())
     table: dict[str, dict[str, Any]] = {name: {} for name in [*rules, "best at this size"]}
     for n in sizes:
-        rows = _whole_groups(pool, n, eval_order)
+        rows = whole_groups(pool, n, eval_order)
         sub = pool.iloc[rows].reset_index(drop=True)
         sub_embeddings = {k: v[rows] for k, v in embeddings.items()}
         for name, rule in rules.items():
             params = params_at_rows(rule["params"], rule.get("curve"), len(sub))
             table[name][len(sub)] = {
-                "f1": _rule_f1(params, sub, sub_embeddings),
-                "threshold": _main_threshold(params),
+                "f1": rule_f1(params, sub, sub_embeddings),
+                "threshold": main_threshold(params),
             }
         universe = Universe(
             f"eval{len(sub)}",
@@ -143,7 +106,7 @@ def run_density(
             sub["image_phash"].to_numpy(),
         )
         best, scores = refine(Scorer([universe]), copy.deepcopy(dense_ensemble["params"]), "all")
-        table["best at this size"][len(sub)] = {"f1": scores.value("all"), "threshold": _main_threshold(best)}
+        table["best at this size"][len(sub)] = {"f1": scores.value("all"), "threshold": main_threshold(best)}
         _log(f"density: {len(sub)} rows done")
     return {
         "data": str(data_dir),

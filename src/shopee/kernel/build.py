@@ -24,7 +24,7 @@ import nbformat
 import shopee
 from shopee.atomic import atomic_dir, replace_dir, write_json, write_text
 from shopee.constants import PREDICT_IMAGE_POLICIES
-from shopee.ensemble_file import read_ensemble, side_files
+from shopee.ensemble_file import read_ensemble, shipped_pair_model, side_files
 from shopee.errors import ShopeeError
 from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
@@ -155,7 +155,7 @@ def build_kernel(
         "shopee_version": shopee.__version__,
         "built_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "accelerator": accelerator,
-        "requirements": requirements(pair_model=bool(ensemble.get("pair_model"))),
+        "requirements": requirements(pair_model=bool(shipped_pair_model(ensemble))),
         "settings": {"tta": tta, "image_policy": image_policy, "backend": backend, "cv_rows": cv_rows},
     }
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,7 @@ def _copy_folds(records: Iterable[FoldRecord], dest: Path, weights: str) -> list
         target.mkdir(parents=True)
         for name in BUNDLE_FILES:
             if name == MODEL_FILE:
-                write_inference_weights(record.path, target, weights)
+                write_inference_weights(record.path, target, weights, record.buffer_keys())
             elif (record.path / name).is_file():
                 shutil.copy2(record.path / name, target / name)
         copies.append(FoldRecord.open(target))

@@ -3,9 +3,11 @@
 A Kaggle kernel runs the bundled ``shopee`` source on the libraries of Kaggle's image, not on this
 project's pins. ``MINIMUM_VERSIONS`` are the oldest versions the code is tested with: those of
 ``requirements-kaggle.txt`` (Kaggle's 2026 GPU image: a Colab runtime of 2026-04/05), which
-``make kaggle-check`` installs to run the demo kernel in. The build records them in the notebook,
-whose first code cell prints what the image has and stops with one line when something is older
-and no wheel for it is bundled.
+``make kaggle-check`` installs to run the demo kernel in. Several of them are only what that image
+was believed to hold, so an older version is not known to fail: the notebook's first code cell
+prints what the image has, warns about a library older than tested, and stops with one line only
+where the code is known not to work (``KNOWN_MINIMUMS``: an API it calls is missing below that
+version) or a library is missing, unless a wheel for it is bundled.
 """
 
 from __future__ import annotations
@@ -27,10 +29,16 @@ MINIMUM_VERSIONS: dict[str, str] = {
 }
 PAIR_MODEL_MINIMUMS: dict[str, str] = {"lightgbm": "4.6.0"}  # needed when the ensemble has a pair model
 MINIMUM_PYTHON = "3.10"
+# Below these the code cannot run (the reason beside each): the notebook stops. Older than
+# MINIMUM_VERSIONS but not below these: a warning, since the code was not tested there.
+KNOWN_MINIMUMS: dict[str, str] = {
+    "python": MINIMUM_PYTHON,  # X | Y unions and dataclass(slots=...) at run time
+    "numpy": "2.0.0",  # np.bitwise_count: phash distances
+}
 # Reported when present; the code falls back without them (faiss and cuml: torch kNN).
 OPTIONAL = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "cuml-cu12")
 
-CELL = '''\
+CELL = """\
 # The environment: what this image has against what the bundle was built and tested for. Nothing
 # is imported here (a bundled wheel may replace a library in the next cell); GPUs from nvidia-smi.
 import importlib.metadata
@@ -38,12 +46,15 @@ import platform
 import shutil
 import subprocess
 
-REQUIRED = {required!r}
+TESTED = {tested!r}  # the oldest versions this bundle was tested with (an older one: a warning)
+KNOWN = {known!r}  # below these the code cannot run (an older one stops the notebook)
 OPTIONAL = {optional!r}
 WHEELS = {wheels!r}  # bundled wheels: the next cell installs them before anything is imported
 
 
 def version(dist):
+    if dist == "python":
+        return platform.python_version()
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -51,7 +62,7 @@ def version(dist):
 
 
 def release(text):
-    """(2, 10, 0) from '2.10.0+cu128': the leading numbers."""
+    \"\"\"(2, 10, 0) from '2.10.0+cu128': the leading numbers.\"\"\"
     numbers = []
     for part in text.replace("+", ".").split("."):
         digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
@@ -62,20 +73,24 @@ def release(text):
 
 
 def wheel_for(dist):
-    """A bundled wheel of this distribution (a wheel's name is DIST-VERSION-...whl)?"""
+    \"\"\"A bundled wheel of this distribution (a wheel's name is DIST-VERSION-...whl)?\"\"\"
     name = dist.lower().replace("-", "_")
     return any(w.split("-")[0].lower() == name for w in WHEELS)
 
 
-found = {{"python": platform.python_version(), **{{d: version(d) for d in REQUIRED}}}}
-needed = {{"python": {python!r}, **REQUIRED}}
-too_old = []
-for dist, need in needed.items():
-    have = found[dist]
-    ok = have is not None and release(have) >= release(need)
-    if not ok and not wheel_for(dist):
-        too_old.append((dist, have, need))
-    print(f"{{dist:<16}} {{have or 'missing':<16}} needs >= {{need}}{{'' if ok else '  <- TOO OLD'}}")
+fatal, untested = [], []
+for dist, tested in TESTED.items():
+    have, known = version(dist), KNOWN.get(dist)
+    if have is None or (known and release(have) < release(known)):
+        status = "  <- TOO OLD" if have else "  <- MISSING"
+        if not wheel_for(dist):
+            fatal.append((dist, have, known or tested))
+    elif release(have) < release(tested):
+        status = "  <- older than tested"
+        untested.append((dist, have, tested))
+    else:
+        status = ""
+    print(f"{{dist:<16}} {{have or 'missing':<16}} tested >= {{tested}}{{status}}")
 for dist in OPTIONAL:
     if version(dist):
         print(f"{{dist:<16}} {{version(dist):<16}} (optional)")
@@ -85,15 +100,20 @@ if shutil.which("nvidia-smi"):
     listing = subprocess.run(query, capture_output=True, text=True, timeout=60)
     gpus = [line.strip() for line in listing.stdout.splitlines() if line.strip()]
 print(f"GPUs: {{'; '.join(gpus) or 'none (CPU only)'}}")
-if too_old:
-    dist, have, need = too_old[0]
-    more = f" (also too old: {{', '.join(d for d, _, _ in too_old[1:])}})" if len(too_old) > 1 else ""
+for dist, have, tested in untested:
+    print(
+        f"warning: {{dist}} {{have}} is older than the {{tested}} this bundle was tested with; it may work "
+        f"(if a later cell fails, rebuild with --wheel FILE.whl for {{dist}})"
+    )
+if fatal:
+    dist, have, need = fatal[0]
+    more = f" (also: {{', '.join(d for d, _, _ in fatal[1:])}})" if len(fatal) > 1 else ""
     raise RuntimeError(
         f"{{dist}} {{have or 'is missing'}}: this kernel needs {{dist}} >= {{need}}; rebuild it with "
         f"--wheel FILE.whl for {{dist}} (pip download {{dist}}=={{need}}), or attach a dataset of "
         f"wheels{{more}}"
     )
-'''
+"""
 
 
 def requirements(pair_model: bool = False) -> dict[str, str]:
@@ -102,9 +122,14 @@ def requirements(pair_model: bool = False) -> dict[str, str]:
     return {"python": MINIMUM_PYTHON, **MINIMUM_VERSIONS, **(PAIR_MODEL_MINIMUMS if pair_model else {})}
 
 
-def environment_cell(wheels: Sequence[str] = (), needs: Mapping[str, str] | None = None) -> str:
+def environment_cell(
+    wheels: Sequence[str] = (),
+    needs: Mapping[str, str] | None = None,
+    known: Mapping[str, str] | None = None,
+) -> str:
     """The notebook's first code cell, self-contained (it runs before the bundle is imported);
-    ``needs`` as ``requirements()`` gives it."""
-    needs = dict(needs or requirements())
-    python = needs.pop("python", MINIMUM_PYTHON)
-    return CELL.format(required=needs, optional=OPTIONAL, wheels=list(wheels), python=python)
+    ``needs`` (the versions tested) as ``requirements()`` gives it, ``known`` the versions below
+    which the code cannot run (``KNOWN_MINIMUMS``)."""
+    tested = dict(needs or requirements())
+    known = dict(KNOWN_MINIMUMS if known is None else known)
+    return CELL.format(tested=tested, known=known, optional=OPTIONAL, wheels=list(wheels))

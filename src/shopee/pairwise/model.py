@@ -184,9 +184,11 @@ def _fit(lgb, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rounds: int | 
     )
 
 
-def cross_validate(sets: Sequence[PairSet], log: Callable[[str], None]) -> tuple[list[np.ndarray], list[int]]:
+def cross_validate(
+    sets: Sequence[PairSet], log: Callable[[str], None], boosters: list | None = None
+) -> tuple[list[np.ndarray], list[int]]:
     """Out-of-fold probabilities for every set's pairs (see the module doc) and the rounds early
-    stopping chose per model."""
+    stopping chose per model; each set's model is appended to ``boosters`` when given."""
     lgb = _lightgbm()
     if len(sets) < 2:
         raise ShopeeError("the pair model needs two folds or more with dense embeddings")
@@ -215,6 +217,8 @@ def cross_validate(sets: Sequence[PairSet], log: Callable[[str], None]) -> tuple
         started = time.perf_counter()
         booster = _fit(lgb, X, y, g)
         rounds.append(booster.best_iteration or booster.current_iteration())
+        if boosters is not None:
+            boosters.append(booster)
         probs.append(booster.predict(s.features, num_iteration=rounds[-1]))
         log(
             f"  pair model for fold {s.fold}: {len(X)} training pairs, {rounds[-1]} rounds, "
@@ -223,15 +227,67 @@ def cross_validate(sets: Sequence[PairSet], log: Callable[[str], None]) -> tuple
     return probs, rounds
 
 
-def heldout_f1(sets: Sequence[PairSet], probs: Sequence[np.ndarray]) -> float:
-    """Thresholds tuned on all sets but one, scored on that one; mean over the scored rows."""
+def heldout_f1(sets: Sequence[PairSet], probs: Sequence[np.ndarray]) -> tuple[float, list[float]]:
+    """Thresholds tuned on all sets but one, scored on that one: (the mean over the scored rows,
+    each set's mean)."""
     rows = []
     for i, s in enumerate(sets):
         others = [x for j, x in enumerate(sets) if j != i]
         other_probs = [x for j, x in enumerate(probs) if j != i]
         threshold, min2, _ = tune_thresholds(others, other_probs)
         rows.append(_row_f1(s, probs[i], threshold, min2))
-    return float(np.concatenate(rows).mean())
+    return float(np.concatenate(rows).mean()), [float(r.mean()) for r in rows]
+
+
+def _optimism(sets: Sequence[PairSet], probs: Sequence[np.ndarray], tuned: tuple, held: list[float]) -> dict:
+    """Per set, the F1 at the thresholds tuned on all sets less the held-out one: their mean
+    (weighted by scored rows, as the F1 is) and its standard error over sets."""
+    gaps = [float(_row_f1(s, p, *tuned).mean()) - h for s, p, h in zip(sets, probs, held, strict=True)]
+    weights = [float(s.universe.n_scored) for s in sets]
+    se = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else 0.0
+    return {"f1": round(float(np.average(gaps, weights=weights)), 6), "se": round(se, 6)}
+
+
+def pair_size_curve(
+    subsets_by_size: Sequence[Sequence[Universe]],
+    full: tuple[Sequence[PairSet], Sequence[np.ndarray]],
+    boosters: Sequence[Any],
+    rounds: Sequence[int],
+    params: Mapping[str, Any],
+    floors: Mapping[str, float],
+    log: Callable[[str], None],
+    backend: str = "torch",
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The pair model's F1 on nested subsets of the dense sets (each subset aligned with the set
+    whose out-of-fold model scores it) and on the whole sets (``full``: their pair sets and
+    out-of-fold probabilities), its thresholds re-tuned on each: what ``size_curve.f1_at`` fits
+    against the rows, as it does the rule's."""
+    rows, f1s = [], []
+    rows_folds: dict[str, list[int]] = {}
+    f1_folds: dict[str, list[float]] = {}
+
+    def scored(subsets: Sequence[Universe]) -> tuple[list[PairSet], list[np.ndarray]]:
+        sets = [pair_set(u, params, floors, backend, device) for u in subsets]
+        probs = [
+            b.predict(s.features, num_iteration=r) if len(s.truth) else np.zeros(0)
+            for s, b, r in zip(sets, boosters, rounds, strict=True)
+        ]
+        return sets, probs
+
+    for subsets in [*subsets_by_size, None]:
+        if subsets is not None and not any(u.n_scored for u in subsets):
+            continue
+        sets, probs = scored(subsets) if subsets is not None else (list(full[0]), list(full[1]))
+        threshold, min2, f1 = tune_thresholds(sets, probs)
+        rows.append(int(round(np.mean([s.universe.n for s in sets]))))
+        f1s.append(f1)
+        for s, p in zip(sets, probs, strict=True):
+            if s.universe.n_scored and s.fold is not None:
+                rows_folds.setdefault(str(s.fold), []).append(s.universe.n)
+                f1_folds.setdefault(str(s.fold), []).append(float(_row_f1(s, p, threshold, min2).mean()))
+        log(f"  pair model on {rows[-1]} rows: F1 {f1:.4f}")
+    return {"rows": rows, "f1": f1s, "rows_folds": rows_folds, "f1_folds": f1_folds}
 
 
 def train_pair_model(
@@ -241,8 +297,10 @@ def train_pair_model(
     log: Callable[[str], None],
     backend: str = "torch",
     device: str = "cpu",
+    size_subsets: Sequence[Sequence[Universe]] = (),
 ) -> dict[str, Any]:
-    """Train, cross-validate and save the pair model; returns what the ensemble records of it."""
+    """Train, cross-validate and save the pair model; returns what the ensemble records of it.
+    ``size_subsets``: per size, subsets of ``universes`` (aligned with them) for its size curve."""
     lgb = _lightgbm()
     started = time.perf_counter()
     floors = floors_of(params)
@@ -253,9 +311,17 @@ def train_pair_model(
         f"{100 * recall['recall']:.1f} % of the true pairs are among them, "
         f"{100 * recall['precision']:.1f} % of them are true"
     )
-    probs, rounds = cross_validate(sets, log)
+    boosters: list[Any] = []
+    probs, rounds = cross_validate(sets, log, boosters)
     threshold, min2, cv_f1 = tune_thresholds(sets, probs)
-    held = heldout_f1(sets, probs)
+    held, held_sets = heldout_f1(sets, probs)
+    curve = None
+    if size_subsets:
+        log("  pair model by size (nested subsets of the dense sets, thresholds re-tuned on each):")
+        curve = pair_size_curve(
+            size_subsets, (sets, probs), boosters, rounds, params, floors, log, backend, device
+        )
+        curve["optimism"] = _optimism(sets, probs, (threshold, min2), held_sets)
     final = _fit(
         lgb,
         pd.concat([s.features for s in sets], ignore_index=True),
@@ -281,6 +347,7 @@ def train_pair_model(
         "rounds": int(final.current_iteration()),
         "cv_f1": cv_f1,
         "cv_f1_heldout": held,
+        "size_curve": curve,
         "candidates": recall,
         "importance": {name: round(value, 2) for name, value in importance},
         "seconds": round(time.perf_counter() - started, 1),
