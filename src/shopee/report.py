@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from shopee.constants import TEST_ROWS, K  # noqa: E402
 from shopee.ensemble_file import scored_objectives  # noqa: E402
 from shopee.metrics import group_sizes  # noqa: E402
-from shopee.size_curve import value_at  # noqa: E402
+from shopee.size_curve import describe_f1_at, f1_at, value_at  # noqa: E402
 
 if TYPE_CHECKING:
     from shopee.ensemble import SearchResult
@@ -47,6 +47,12 @@ def _markdown(ensemble: dict[str, Any]) -> str:
         "**CV F1: " + ", ".join(f"{ensemble[f'cv_f1_{o}']:.4f} {o}" for o in objectives) + ".**",
         "",
     ]
+    at_rows = ensemble.get("cv_f1_at_rows")
+    if at_rows:
+        lines += [f"**{describe_f1_at(at_rows)}.** The figure to compare experiments by.", ""]
+        pair_at = f1_at((ensemble.get("pair_model") or {}).get("size_curve"), at_rows["rows"])
+        if pair_at:
+            lines += [f"The pair model's, from its own subsets: {describe_f1_at(pair_at)}.", ""]
     if ensemble.get("cv_f1_heldout") is not None:
         gap = ensemble["cv_f1"] - ensemble["cv_f1_heldout"]
         folds = ", ".join(f"fold {k} {v:.4f}" for k, v in ensemble["heldout"]["folds"].items())
@@ -86,6 +92,11 @@ def _markdown(ensemble: dict[str, Any]) -> str:
             if pairs["cv_f1_heldout"] > (ensemble.get("cv_f1_heldout") or without)
             else "does not beat"
         )
+        shipped = (
+            "predict and the kernel use it"
+            if pairs.get("shipped", True)
+            else "it is kept as tried: predict and the kernel use the thresholds"
+        )
         lines += [
             "## Pair model (second stage)",
             "",
@@ -100,8 +111,10 @@ def _markdown(ensemble: dict[str, Any]) -> str:
             f"| pair model (p >= {pairs['threshold']}, min2 {pairs['min2']}) | {pairs['cv_f1']:.4f} | "
             f"{pairs['cv_f1_heldout']:.4f} |",
             "",
-            f"On held-out figures the pair model **{verdict}** the thresholds. Feature importance "
-            "(gain), top 20:",
+            f"On held-out figures the pair model **{verdict}** the thresholds: {shipped}"
+            f"{' (forced)' if 'forced' in pairs.get('why', '') else ''}. Its probability threshold and "
+            "min2 are used as tuned (they do not follow the row count). Feature importance (gain), "
+            "top 20:",
             "",
             "| feature | gain |",
             "|---|---|",

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shopee.constants import OBJECTIVES
-from shopee.ensemble_file import EnsembleError, read_ensemble
+from shopee.constants import OBJECTIVES, TEST_ROWS
+from shopee.ensemble_file import EnsembleError, expected_f1, read_ensemble
 from shopee.errors import ShopeeError
 from shopee.outputs import FoldRecord, is_finished
 
@@ -59,6 +59,7 @@ def ensemble_rows(output: Path) -> list[dict[str, Any]]:
                 "cv_f1_heldout": e.get("cv_f1_heldout"),
                 "pair_cv_f1": pairs.get("cv_f1"),
                 "pair_cv_f1_heldout": pairs.get("cv_f1_heldout"),
+                "at_test": (expected_f1(e, TEST_ROWS) or {}).get("f1"),  # what predict ships, expected
                 "folds": ", ".join(f"{exp} {folds}" for exp, folds in e["experiments"].items()),
             }
         )
@@ -83,12 +84,16 @@ def print_runs(output: Path) -> dict[str, Any]:
             f"{r['epochs']:>8}{r['minutes']:>9.1f}  {r['commit']}{debug}"
         )
     print(f"{len(ensembles)} ensembles, best first within each objective:")
-    header = f"{'ensemble':<16}{'objective':>10}{'CV F1':>9}{'held-out':>10}{'pair CV':>9}{'held-out':>10}"
+    header = (
+        f"{'ensemble':<16}{'objective':>10}{'CV F1':>9}{'held-out':>10}{'pair CV':>9}{'held-out':>10}"
+        f"{'at ' + str(TEST_ROWS // 1000) + 'k':>9}"
+    )
     print(f"  {header}  folds")
     for r in ensembles:
         print(
             f"  {r['ensemble']:<16}{r['objective']:>10}{_cell(r['cv_f1']):>9}{_cell(r['cv_f1_heldout']):>10}"
-            f"{_cell(r['pair_cv_f1']):>9}{_cell(r['pair_cv_f1_heldout']):>10}  {r['folds']}"
+            f"{_cell(r['pair_cv_f1']):>9}{_cell(r['pair_cv_f1_heldout']):>10}{_cell(r['at_test']):>9}"
+            f"  {r['folds']}"
         )
     result = {"folds": folds, "ensembles": ensembles}
     print(json.dumps(result))

@@ -54,6 +54,7 @@ def _cmd_bench_match(args: argparse.Namespace) -> None:
         pair_model=args.pair_model,
         train_rows=args.train_rows,
         search_rows=args.search_rows,
+        search_phases=args.phases,
         blend_stages=args.blend_stages,
         seed=args.seed,
         backend=args.backend,
@@ -225,6 +226,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench_match.add_argument("--n", type=int, default=TEST_ROWS, help="synthetic postings [%(default)s]")
     bench_match.add_argument("--dim", type=int, default=512, help="embedding dimensions [%(default)s]")
     bench_match.add_argument("--search", action="store_true", help="time the threshold search on OOF rows")
+    bench_match.add_argument(
+        "--phases", action="store_true", help="with --search: also the held-out searches and the size curve"
+    )
     bench_match.add_argument(
         "--pair-model",
         action="store_true",

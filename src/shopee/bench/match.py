@@ -204,12 +204,15 @@ def run_search(
     device: str = "cpu",
     blend_stages: int | None = None,
     objective: str = "dense",
+    phases_too: bool = False,
 ) -> dict:
     """``ensemble.search`` over three embedding members on synthetic OOF rows in five folds
-    (``blend_stages``: passed to the search when given, else its default). For the dense
+    (``blend_stages``: passed to the search when given, else its default); with ``phases_too``
+    also the held-out searches and the size curve, as ``optimize-ensemble`` runs them, each
+    timed. For the dense
     objective each fold's training rows are the other folds' rows, in the same synthetic space:
     every scored row is matched among all ``rows``, as on the real train set."""
-    from shopee.ensemble import embedding_members, search
+    from shopee.ensemble import embedding_members, heldout, search, size_curve
     from shopee.folds import DataFingerprint
     from shopee.oof import DenseFold, OOFSet
     from shopee.scoring import Scorer, build_universes
@@ -249,13 +252,23 @@ def run_search(
     options = {} if blend_stages is None else {"blend_stages": blend_stages}
     result = search(scorer, pool, objective, progress=_log, **options)
     seconds = time.perf_counter() - started
+    phases = {"search_s": round(seconds, 3)}
+    if phases_too:  # what optimize-ensemble runs after the search, each timed
+        stages = options.get("blend_stages", 2)
+        mark = time.perf_counter()
+        held = heldout(scorer, pool, objective, stages, _log)
+        phases["heldout_s"] = round(time.perf_counter() - mark, 3)
+        mark = time.perf_counter()
+        size_curve(scorer, result.params, objective, _log)
+        phases["size_curve_s"] = round(time.perf_counter() - mark, 3)
+        phases["f1_heldout"] = round(held["f1"], 4) if held else None
     return {
         "rows": rows,
         "folds": len(folds),
         "objective": objective,
         "blend_stages": "default" if blend_stages is None else blend_stages,
         "members": [m["name"] for m in pool],
-        "search_s": round(seconds, 3),
+        **phases,
         "evaluations": scorer.evaluations,
         "cached_candidate_sets": len(scorer._cache),
         **{f"f1_{o}": round(result.scores.value(o), 4) for o in scorer.objectives},
@@ -405,6 +418,11 @@ def _print_rule(r: dict, params: Mapping[str, Any]) -> None:
 def _print_search(r: dict) -> None:
     rows = [
         ("search time", f"{r['search_s']:9.2f} s   (target < 60 s)"),
+        *[
+            (label, f"{r[key]:9.2f} s")
+            for key, label in (("heldout_s", "held-out searches"), ("size_curve_s", "size curve"))
+            if key in r
+        ],
         ("evaluations", f"{r['evaluations']:9d}"),
         ("candidate sets computed", f"{r['cached_candidate_sets']:9d}"),
         (f"CV F1 {r['objective']} / fold", f"{r['f1_' + r['objective']]:.4f} / {r['f1_fold']:.4f}"),
@@ -424,6 +442,7 @@ def run_bench(
     search: bool = False,
     pair_model: bool = False,
     search_rows: int = 34000,
+    search_phases: bool = False,
     train_rows: int = 6000,
     blend_stages: int | None = None,
     seed: int = 0,
@@ -452,7 +471,9 @@ def run_bench(
     }
     params = default_params()
     if search:
-        result["search"] = run_search(search_rows, dim, seed, backend, device, blend_stages)
+        result["search"] = run_search(
+            search_rows, dim, seed, backend, device, blend_stages, phases_too=search_phases
+        )
         _print_search(result["search"])
     elif pair_model:
         result["pair_model"] = run_pair_model(n, dim, seed, backend, device, train_rows)

@@ -161,24 +161,16 @@ def run_unseen(
     at_u = f1_at(ensemble.get("size_curve"), len(unseen))
     best = _best_on(universe, fixed)
     table = {
-        "fixed": {
+        name: {
             "dense_cv": ensemble["cv_f1_dense"],
             "heldout_cv": ensemble["cv_f1_heldout"],
             "cv_at_u": at_u["f1"] if at_u else None,
             "cv_at_u_se": at_u["se"] if at_u else None,
-            "f1_u": combos[shipped]["fixed"],
+            "f1_u": combos[shipped][name],
             "best_u": best,
-            "threshold": main_threshold(fixed),
-        },
-        "size-following": {
-            "dense_cv": ensemble["cv_f1_dense"],
-            "heldout_cv": ensemble["cv_f1_heldout"],
-            "cv_at_u": at_u["f1"] if at_u else None,
-            "cv_at_u_se": at_u["se"] if at_u else None,
-            "f1_u": combos[shipped]["size-following"],
-            "best_u": best,
-            "threshold": main_threshold(by_size),
-        },
+            "threshold": main_threshold(params),
+        }
+        for name, params in (("fixed", fixed), ("size-following", by_size))
     }
     pairs = ensemble.get("pair_model")
     if pairs:

@@ -23,8 +23,8 @@ import nbformat
 
 import shopee
 from shopee.atomic import atomic_dir, replace_dir, write_json, write_text
-from shopee.constants import PREDICT_IMAGE_POLICIES
-from shopee.ensemble_file import read_ensemble, shipped_pair_model, side_files
+from shopee.constants import PREDICT_IMAGE_POLICIES, TEST_ROWS
+from shopee.ensemble_file import expected_f1, read_ensemble, shipped_pair_model, side_files
 from shopee.errors import ShopeeError
 from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
@@ -150,6 +150,8 @@ def build_kernel(
         "cv_f1": ensemble["cv_f1"],
         "cv_f1_heldout": ensemble.get("cv_f1_heldout"),
         "by_size": bool(ensemble.get("size_curve")),
+        "pair_model": bool(shipped_pair_model(ensemble)),
+        "expected_f1": expected_f1(ensemble, TEST_ROWS),
         "members": [m["name"] for m in ensemble["params"]["members"]],
         "git_commit": commit,
         "shopee_version": shopee.__version__,

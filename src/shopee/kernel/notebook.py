@@ -126,6 +126,17 @@ def make_notebook(
         if info.get("by_size")
         else "as tuned"
     )
+    if info.get("pair_model"):
+        thresholds = (
+            "the pair model's probability threshold and min2, as tuned (they do not follow the row count)"
+        )
+    expected = info.get("expected_f1")
+    expected = (
+        f"{expected['f1']:.4f} +- {expected['se']:.4f} on {expected['rows']:,} rows of unseen groups "
+        "(the CV's F1 by size, extrapolated and corrected by the held-out optimism)"
+        if expected
+        else "not estimated (no size curve)"
+    )
     intro = f"""\
 # {info["title"]}
 
@@ -134,6 +145,7 @@ Submission notebook for Kaggle's *Shopee - Price Match Guarantee*, built by
 `{info["git_commit"]}` on {info["built_at"]}.
 
 * Ensemble CV F1 {info["cv_f1"]:.4f} ({info["objective"]} objective), held-out estimate {heldout}.
+* CV F1 expected on the test: {expected}.
 * Thresholds: {thresholds}.
 * Fold models: {", ".join(folds)}; matching members: {", ".join(info["members"])}.
 * Inputs: the competition data and the dataset `{dataset}` (internet off).
