@@ -361,7 +361,7 @@ def test_the_kaggle_cli_accepts_what_it_would_upload(
     assert push.enable_internet is False  # the CLI's own default is True
     assert push.enable_gpu is True and push.machine_shape == "NvidiaTeslaT4"
     assert push.competition_data_sources == ["shopee-product-matching"]
-    assert "find_bundle" in push.text and "REQUIRED" in push.text  # the notebook's cells
+    assert "find_bundle" in push.text and "TESTED" in push.text  # the notebook's cells
 
     dataset = sent["dataset"]
     assert push.dataset_data_sources == [f"{dataset.owner_slug}/{dataset.slug}"]  # the dataset just built

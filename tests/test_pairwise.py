@@ -208,3 +208,20 @@ def test_no_cv_probability_comes_from_a_model_that_saw_its_group(monkeypatch) ->
         seen = set().union(*(pair_groups[i] for i in ids))
         assert not seen & set(fold_groups[fold].tolist()), fold
         assert ids  # it did train on something
+
+
+def test_a_pair_model_ships_only_when_it_beats_the_rule_held_out(capsys) -> None:
+    from shopee.ensemble import _decide_pair_model
+
+    def decide(mine: float, rule: float, force: bool = False, held: bool = True) -> dict:
+        pairs = {"cv_f1": mine + 0.05, "cv_f1_heldout": mine}
+        _decide_pair_model(pairs, rule + 0.05, {"f1": rule} if held else None, force)
+        return pairs
+
+    assert decide(0.82, 0.81)["shipped"]
+    lost = decide(0.80, 0.81)
+    assert not lost["shipped"] and "not shipped" in lost["why"] and "0.8000" in lost["why"]
+    assert decide(0.80, 0.81, force=True)["shipped"] and "forced" in decide(0.80, 0.81, force=True)["why"]
+    # without a held-out estimate the dense CV decides
+    assert not decide(0.80, 0.81, held=False)["shipped"]
+    assert "pair model not shipped" in capsys.readouterr().out

@@ -41,7 +41,7 @@ from shopee.oof import OOFSet
 from shopee.progress import Progress
 from shopee.projection import fit_projection, source_name
 from shopee.scoring import Scorer, Scores, Universe, build_universes
-from shopee.size_curve import describe_f1_at, f1_at, fit, get_value, set_value, tunables
+from shopee.size_curve import describe_f1_at, f1_at, fit, get_value, optimism, set_value, tunables
 
 BLEND_GRID = (0.5, 0.6, 0.7, 0.8)
 MIN2_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -350,23 +350,18 @@ def size_curve(
     return {**fit(rows, values), "f1": f1s, "rows_folds": rows_folds, "f1_folds": f1_folds}
 
 
-def optimism(
+def heldout_optimism(
     scorer: Scorer, params: dict[str, Any], objective: str, held: dict[str, Any]
 ) -> dict[str, float]:
-    """What tuning on the scored rows adds: per fold, the tuned rule's F1 less the held-out one
-    (tuned without that fold); ``f1`` their mean (weighted as the objective weighs folds) and
-    ``se`` its standard error over folds."""
+    """``size_curve.optimism`` of the tuned rule against the held-out estimate, fold by fold
+    (folds weighted as the objective weighs them)."""
     gaps, weights = [], []
     for u in scorer.of(objective):
         if u.fold is None or str(u.fold) not in held["folds"] or not u.n_scored:
             continue
         gaps.append(float(scorer.row_scores(params, u).f1.mean()) - held["folds"][str(u.fold)])
         weights.append(1.0 if objective == "fold" else float(u.n_scored))
-    if not gaps:
-        return {"f1": 0.0, "se": 0.0}
-    mean = float(np.average(gaps, weights=weights))
-    se = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else 0.0
-    return {"f1": round(mean, 6), "se": round(se, 6)}
+    return optimism(gaps, weights)
 
 
 def optimize_ensemble(
@@ -500,7 +495,7 @@ def optimize_ensemble(
         print(f"thresholds by size ({objective} sets, nested subsets of their groups):", flush=True)
         curve = size_curve(scorer, result.params, objective, lambda line: print(line, flush=True))
         if curve is not None and held:
-            curve["optimism"] = optimism(scorer, result.params, objective, held)
+            curve["optimism"] = heldout_optimism(scorer, result.params, objective, held)
         at_test = f1_at(curve, test_rows) if curve else None
         print(describe_f1_at(at_test), flush=True)
     if pairs is not None:

@@ -2,10 +2,11 @@
 
 The same function runs in the Kaggle notebook, where the fold models come from the kernel's
 dataset instead of the training outputs. Each experiment's fold models embed the rows; the fold
-embeddings of a kind are averaged and re-normalized (``exp:kind``); concatenated sources
-(``cat:kind``) are rebuilt as the optimizer built them; ``shopee.match.match`` applies the
-ensemble's params. The output has one row per posting, ``matches`` space-separated with the
-posting itself first.
+embeddings of a kind become one (``exp:kind``) as the ensemble's ``fold_combination`` says (their
+mean re-normalized, or side by side so that cosines average); concatenated sources
+(``cat:kind``) and projections are rebuilt as the optimizer built them; ``match_rows`` applies
+the ensemble's pair model when it ships one, else its params at the row count. The output has one
+row per posting, ``matches`` space-separated with the posting itself first.
 """
 
 from __future__ import annotations

@@ -87,6 +87,15 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(y.mean() - b * x.mean()), b
 
 
+def optimism(gaps: Sequence[float], weights: Sequence[float]) -> dict[str, float]:
+    """What tuning on the scored rows adds, from each fold's gap (its F1 at the thresholds tuned
+    on every fold less its held-out F1): the weighted mean and its standard error over folds."""
+    if not gaps:
+        return {"f1": 0.0, "se": 0.0}
+    se = float(np.std(gaps, ddof=1) / math.sqrt(len(gaps))) if len(gaps) > 1 else 0.0
+    return {"f1": round(float(np.average(gaps, weights=weights)), 6), "se": round(se, 6)}
+
+
 def f1_at(curve: Mapping[str, Any], n: int) -> dict[str, Any] | None:
     """The F1 expected on a set of ``n`` rows of unseen groups, with its standard error.
 
@@ -119,7 +128,7 @@ def f1_at(curve: Mapping[str, Any], n: int) -> dict[str, Any] | None:
     se = math.sqrt(se_fit**2 + se_folds**2 + float(optimism.get("se", 0.0)) ** 2)
     return {
         "rows": int(n),
-        "f1": round(raw - drop, 4),
+        "f1": round(min(max(raw - drop, 0.0), 1.0), 4),
         "se": round(se, 4),
         "fitted": round(raw, 4),
         "optimism": round(drop, 4) if optimism else None,

@@ -35,6 +35,7 @@ from shopee.match import Pairs, best_per_row, top_k_pairs, union_pairs
 from shopee.metrics import score_pairs
 from shopee.pairwise.features import Candidates, candidates, feature_names, features, floors_of
 from shopee.scoring import Universe
+from shopee.size_curve import optimism
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
 MIN2_GRID = (None, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
@@ -240,12 +241,10 @@ def heldout_f1(sets: Sequence[PairSet], probs: Sequence[np.ndarray]) -> tuple[fl
 
 
 def _optimism(sets: Sequence[PairSet], probs: Sequence[np.ndarray], tuned: tuple, held: list[float]) -> dict:
-    """Per set, the F1 at the thresholds tuned on all sets less the held-out one: their mean
-    (weighted by scored rows, as the F1 is) and its standard error over sets."""
+    """``size_curve.optimism`` of the pair model's thresholds, set by set (weighted by scored rows,
+    as the F1 is)."""
     gaps = [float(_row_f1(s, p, *tuned).mean()) - h for s, p, h in zip(sets, probs, held, strict=True)]
-    weights = [float(s.universe.n_scored) for s in sets]
-    se = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else 0.0
-    return {"f1": round(float(np.average(gaps, weights=weights)), 6), "se": round(se, 6)}
+    return optimism(gaps, [float(s.universe.n_scored) for s in sets])
 
 
 def pair_size_curve(
