@@ -147,7 +147,8 @@ def run_unseen(
     by_size = params_for_rows(ensemble, len(unseen))
     combos: dict[str, dict[str, float]] = {}
     ways = {how: combine_folds(per_fold, how) for how in FOLD_COMBINATIONS}
-    for i, fold in enumerate(folds):  # one experiment: its folds' arrays in the order trained
+    used = ensemble["experiments"][exp]  # every finished fold in --work, in predict's order
+    for i, fold in enumerate(used):
         ways[f"fold {fold} alone"] = {k: arrays[i] for k, arrays in per_fold.items()}
     for how, base in ways.items():
         embeddings = with_derived_sources(ensemble, base, path.parent)
@@ -192,7 +193,7 @@ def run_unseen(
     return {
         "data": str(data_dir),
         "exp": exp,
-        "folds": list(folds),
+        "folds": list(used),
         "tune_rows": len(tune),
         "unseen_rows": len(unseen),
         "fold_combination": shipped,
