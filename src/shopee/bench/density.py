@@ -17,7 +17,6 @@ Prints a table of F1 (and the main threshold) per rule and size, then one JSON l
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -27,15 +26,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from shopee.bench.split import main_threshold, rule_f1, split_by_group, whole_groups, write_subset
+from shopee.bench.split import (
+    best_on,
+    labelled_universe,
+    main_threshold,
+    rule_f1,
+    split_by_group,
+    whole_groups,
+    write_subset,
+)
 from shopee.config import Config
 from shopee.data import read_split
-from shopee.ensemble import optimize_ensemble, refine
+from shopee.ensemble import optimize_ensemble
 from shopee.ensemble_file import read_ensemble
 from shopee.errors import ShopeeError
 from shopee.predict import ensemble_embeddings, ensemble_records
 from shopee.runtime import visible_devices
-from shopee.scoring import Scorer, Universe
 from shopee.size_curve import params_at_rows, tunables
 
 
@@ -97,16 +103,9 @@ def run_density(
                 "f1": rule_f1(params, sub, sub_embeddings),
                 "threshold": main_threshold(params),
             }
-        universe = Universe(
-            f"eval{len(sub)}",
-            "all",
-            sub_embeddings,
-            sub["label_group"].to_numpy(),
-            sub["title"].to_numpy(),
-            sub["image_phash"].to_numpy(),
-        )
-        best, scores = refine(Scorer([universe]), copy.deepcopy(dense_ensemble["params"]), "all")
-        table["best at this size"][len(sub)] = {"f1": scores.value("all"), "threshold": main_threshold(best)}
+        universe = labelled_universe(sub, sub_embeddings, f"eval{len(sub)}")
+        best, f1 = best_on(universe, dense_ensemble["params"])
+        table["best at this size"][len(sub)] = {"f1": f1, "threshold": main_threshold(best)}
         _log(f"density: {len(sub)} rows done")
     return {
         "data": str(data_dir),

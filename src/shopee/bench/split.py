@@ -3,6 +3,7 @@ tuning part, written as a competition folder of its own, and the rest; F1 of a r
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pandas as pd
 from shopee.atomic import write_csv
 from shopee.match import match
 from shopee.metrics import score_pairs
+from shopee.scoring import Scorer, Universe
 
 
 def whole_groups(df: pd.DataFrame, rows: int, order: np.ndarray) -> np.ndarray:
@@ -56,3 +58,24 @@ def main_threshold(params: dict[str, Any]) -> float | None:
     """The threshold of the rule's first embedding member (else of its first thresholded one)."""
     ranked = sorted(params["members"], key=lambda m: m["type"] != "embedding")
     return next((m["threshold"] for m in ranked if "threshold" in m), None)
+
+
+def labelled_universe(rows: pd.DataFrame, embeddings: dict[str, np.ndarray], name: str) -> Universe:
+    """``rows`` (with labels, titles, phashes) as one set matched among itself, every row scored."""
+    return Universe(
+        name,
+        "all",
+        embeddings,
+        rows["label_group"].to_numpy(),
+        rows["title"].to_numpy(),
+        rows["image_phash"].to_numpy(),
+    )
+
+
+def best_on(universe: Universe, params: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """The rule's thresholds re-tuned on the universe itself (coordinate refinement) and the F1
+    they reach there: an upper bound no rule tuned elsewhere reaches."""
+    from shopee.ensemble import refine
+
+    best, scores = refine(Scorer([universe]), copy.deepcopy(params), "all")
+    return best, scores.value("all")

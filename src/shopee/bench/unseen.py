@@ -20,7 +20,6 @@ Prints the tables and per-phase times, then one JSON line.
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -30,17 +29,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from shopee.bench.split import main_threshold, rule_f1, split_by_group, write_subset
+from shopee.bench.split import (
+    best_on,
+    labelled_universe,
+    main_threshold,
+    rule_f1,
+    split_by_group,
+    write_subset,
+)
 from shopee.config import Config
 from shopee.constants import FOLD_COMBINATIONS
 from shopee.data import read_split
-from shopee.ensemble import optimize_ensemble, refine
+from shopee.ensemble import optimize_ensemble
 from shopee.ensemble_file import expected_f1, fold_combination, params_for_rows, read_ensemble
 from shopee.errors import ShopeeError
 from shopee.metrics import score_pairs
 from shopee.predict import combine_folds, ensemble_records, fold_embeddings, with_derived_sources
 from shopee.runtime import visible_devices
-from shopee.scoring import Scorer, Universe
+from shopee.scoring import Universe
 from shopee.size_curve import f1_at
 
 ENSEMBLE = "unseen"
@@ -68,23 +74,6 @@ def _pair_rows(ensemble: dict[str, Any], path: Path, universe: Universe) -> dict
         "best": float(best),
         "matches_per_row": len(matched) / max(universe.n, 1),
     }
-
-
-def _universe(rows, embeddings: dict[str, np.ndarray], name: str) -> Universe:
-    return Universe(
-        name,
-        "all",
-        embeddings,
-        rows["label_group"].to_numpy(),
-        rows["title"].to_numpy(),
-        rows["image_phash"].to_numpy(),
-    )
-
-
-def _best_on(universe: Universe, params: dict[str, Any]) -> float:
-    """The rule's thresholds re-tuned on the universe itself (coordinate refinement)."""
-    _, scores = refine(Scorer([universe]), copy.deepcopy(params), "all")
-    return scores.value("all")
 
 
 def run_unseen(
@@ -158,9 +147,9 @@ def run_unseen(
         }
         _log(f"unseen: U matched with the fold models combined by {how}: {combos[how]}")
     embeddings = with_derived_sources(ensemble, ways[shipped], path.parent)
-    universe = _universe(unseen, embeddings, "unseen")
+    universe = labelled_universe(unseen, embeddings, "unseen")
     at_u = f1_at(ensemble.get("size_curve"), len(unseen))
-    best = _best_on(universe, fixed)
+    _, best = best_on(universe, fixed)
     table = {
         name: {
             "dense_cv": ensemble["cv_f1_dense"],
