@@ -469,3 +469,42 @@ def test_the_f1_expected_at_a_size_is_the_fitted_line_less_the_optimism() -> Non
     # without a held-out estimate nothing is taken off, and a curve without F1s gives nothing
     assert f1_at({**curve, "optimism": None}, n)["f1"] == pytest.approx(fitted, abs=1e-4)
     assert f1_at({"rows": rows, "values": {}, "fit": {}}, n) is None
+
+
+def test_scorer_on_a_dense_set_scores_its_rows_as_the_full_rule_does() -> None:
+    """The Scorer searches neighbours from the scored rows only; their F1 (and each member's
+    threshold curve) must equal the rule run over every row of the set."""
+    from shopee.match import f1_by_threshold, member_candidates
+    from shopee.scoring import Scorer, Universe
+
+    rng = np.random.default_rng(11)
+    n = 400
+    labels = rng.integers(0, 90, size=n)
+    embeddings = {"x": rng.normal(size=(90, 12))[labels] + 0.9 * rng.normal(size=(n, 12))}
+    scored = np.sort(rng.choice(n, size=80, replace=False))
+    scorer = Scorer([Universe("dense0", "dense", embeddings, labels, scored=scored, fold=0)])
+    member = {"name": "x", "type": "embedding", "source": "x", "threshold": 0.45, "blend": [0.55]}
+    params = {"version": 1, "k": 51, "members": [member], "min2": {"member": "x", "threshold": 0.1}}
+    whole = score_pairs(*match(params, n, embeddings=embeddings).with_self(), labels)
+    got = scorer.score(params).by_objective["dense"]
+    for field in ("f1", "precision", "recall"):
+        assert getattr(got, field) == pytest.approx(getattr(whole, field)[scored].mean(), abs=1e-12)
+    grid = np.array([0.3, 0.5, 0.7])
+    full = member_candidates(member, n, embeddings=embeddings)
+    np.testing.assert_allclose(
+        scorer.curve(member, grid, "dense"), f1_by_threshold(full, labels, grid, rows=scored)
+    )
+
+
+def test_refinement_moves_an_earlier_blending_stage_in_coarse_steps_only() -> None:
+    """A blending stage followed by another costs a neighbour search over every row per value:
+    the refinement moves it by 0.05 only; the last stage and the final threshold by any step."""
+    from shopee.ensemble import _nudged
+
+    member = {"name": "x", "type": "embedding", "source": "x", "threshold": 0.6, "blend": [0.6, 0.7]}
+    params = {"version": 1, "k": 51, "members": [member], "min2": None, "unit_filter": False}
+    assert _nudged(params, "members.x.blend.0", 0.01, {}) is None
+    assert _nudged(params, "members.x.blend.0", -0.05, {})["members"][0]["blend"] == [0.55, 0.7]
+    assert _nudged(params, "members.x.blend.1", 0.01, {})["members"][0]["blend"] == [0.6, 0.71]
+    assert _nudged(params, "members.x.threshold", -0.02, {})["members"][0]["threshold"] == 0.58
+    assert params["members"][0]["blend"] == [0.6, 0.7]  # the input is left as it was

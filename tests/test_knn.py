@@ -198,3 +198,31 @@ def test_normalize_rows_keeps_zero_rows_zero() -> None:
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]])
     with pytest.raises(ShopeeError, match="2-D"):
         normalize_rows(np.ones(3))
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_queries_search_only_from_those_rows(backend: str) -> None:
+    """Neighbours of some rows among all rows: the oracle's rows, nothing from the others."""
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    rng = np.random.default_rng(7)
+    x = clustered(rng, n=300)
+    x[[5, 17]] = 0.0  # rows of norm zero: no pairs from them, asked or not
+    queries = np.array([250, 3, 17, 5, 99, 3, 120, 121, 299, 0])  # unsorted, repeated
+    pairs = knn_pairs(x, 9, backend=backend, rows_per_chunk=3, queries=queries)
+    assert_sorted_no_self(pairs)
+    asked = sorted(set(queries.tolist()) - {5, 17})
+    assert sorted(set(pairs.rows.tolist())) == asked
+    assert not np.isin(pairs.cols, [5, 17]).any()
+    valid = np.flatnonzero(np.any(x != 0, axis=1))
+    cols, sims = sklearn_oracle(x[valid], 9)
+    position = {row: i for i, row in enumerate(valid)}
+    got = per_row(pairs)
+    for row in asked:
+        c, s = got[row]
+        np.testing.assert_allclose(s, sims[position[row]], atol=GAP)
+        if (-np.diff(sims[position[row]])).min() > GAP:
+            assert set(c.tolist()) == set(valid[cols[position[row]]].tolist())
+    with pytest.raises(ShopeeError, match="outside 0..299"):
+        knn_pairs(x, 9, backend=backend, queries=np.array([300]))
+    assert len(knn_pairs(x, 9, backend=backend, queries=np.array([], dtype=np.int64))) == 0

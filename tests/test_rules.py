@@ -22,7 +22,7 @@ from shopee.match import (
     validate_params,
 )
 from shopee.match.rules import blend_embeddings
-from shopee.metrics import score_sets
+from shopee.metrics import score_pairs, score_sets
 
 # Four unit vectors with hand-picked cosines: 01 0.8, 02 0.6, 03 0, 12 0.48, 13 0, 23 0.8.
 E = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.6, 0.0, 0.8], [0.0, 0.0, 1.0]])
@@ -505,3 +505,33 @@ def test_match_equals_brute_force_oracle() -> None:
             )
         checked += 1
     assert checked >= 40, checked
+
+
+def test_candidates_of_some_rows_equal_the_full_rule_on_them() -> None:
+    """Every member (blended embedding, TF-IDF, phash) with ``queries``: the same pairs from those
+    rows as without, and the rule combined from them scores those rows as the full match does."""
+    rng = np.random.default_rng(3)
+    n = 240
+    groups = rng.integers(0, 40, size=n)
+    embeddings = {"a": rng.normal(size=(40, 16))[groups] + 0.8 * rng.normal(size=(n, 16))}
+    words = np.array([f"w{i}" for i in range(60)])
+    titles = np.array([" ".join(words[(g * 3 + rng.integers(0, 5, size=4)) % 60]) for g in groups])
+    phashes = np.array([f"{rng.integers(0, 2**32):08x}{g:08x}" for g in groups])
+    params = params_of(
+        emb("a", 0.5, [0.6, 0.7], source="a"),
+        {"name": "t", "type": "tfidf", "threshold": 0.4},
+        {"name": "p", "type": "phash", "max_distance": 2},
+        min2={"member": "a", "threshold": 0.2},
+    )
+    queries = np.sort(rng.choice(n, size=60, replace=False))
+    inputs = {"embeddings": embeddings, "titles": titles, "phashes": phashes}
+    full, some = {}, {}
+    for m in params["members"]:
+        full[m["name"]] = member_candidates(m, n, **inputs)
+        some[m["name"]] = member_candidates(m, n, **inputs, queries=queries)
+        asked = np.isin(full[m["name"]].rows, queries)
+        np.testing.assert_array_equal(some[m["name"]].rows, full[m["name"]].rows[asked])
+        np.testing.assert_array_equal(some[m["name"]].cols, full[m["name"]].cols[asked])
+    whole = score_pairs(*match(params, n, **inputs).with_self(), groups)
+    part = score_pairs(*combine(params, some, n).with_self(), groups)
+    np.testing.assert_array_equal(part.f1[queries], whole.f1[queries])

@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="neighbourhood-blending stages to try per embedding member; each tried threshold costs one "
         "kNN search per fold (0 skips blending) [%(default)s]",
     )
-    add_backend(opt)
+    add_backend(opt, default="auto")  # faiss searches about 1.5x faster than torch on CPU
     opt.set_defaults(func=_cmd_optimize_ensemble)
 
     pred = sub.add_parser("predict", help="embed and match a split with a tuned ensemble; write a submission")

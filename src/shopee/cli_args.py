@@ -14,12 +14,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_backend(parser: argparse.ArgumentParser) -> None:
+def add_backend(parser: argparse.ArgumentParser, default: str = "torch") -> None:
     parser.add_argument(
         "--backend",
         choices=("torch", "faiss", "cuml", "auto"),
-        default="torch",
-        help="kNN backend [%(default)s]",
+        default=default,
+        help="kNN backend (auto: cuml on CUDA, else faiss when installed, else torch) [%(default)s]",
     )
 
 

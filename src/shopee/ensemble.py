@@ -46,6 +46,11 @@ from shopee.size_curve import describe_f1_at, f1_at, fit, get_value, optimism, s
 BLEND_GRID = (0.5, 0.6, 0.7, 0.8)
 MIN2_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 REFINE_STEPS = (0.05, 0.02, 0.01)
+# A blending stage followed by another moves in coarse steps only: each new value is one more
+# neighbour search over every row of every set for the next stage (the costly part of the search
+# at train's size). The last stage moves in every step: it only changes the final search, which
+# runs from the scored rows alone.
+BLEND_STEP = 0.05
 FLOOR_MARGIN = 0.25
 SIZE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # nested shares of the dense sets' groups
 
@@ -123,6 +128,10 @@ def _nudged(
     """``params`` with one tunable moved by ``delta``; None when the move leaves its valid range
     (a threshold may not go below its member's floor, where the candidates were pruned)."""
     value = get_value(params, path)
+    if ".blend." in path and abs(delta) < BLEND_STEP - 1e-9:
+        member, stage = path.split(".")[1], int(path.split(".")[3])
+        if stage < len(next(m for m in params["members"] if m["name"] == member)["blend"]) - 1:
+            return None
     if path.endswith(".max_distance"):
         if abs(delta) < 0.05:  # integer steps, once per round
             return None
@@ -303,8 +312,11 @@ def _group_subset(universe: Universe, fraction: float, seed: int) -> Universe:
     """The universe's rows of a ``fraction`` of its groups, nested across fractions (the groups
     are taken in one seeded order), scored rows kept."""
     groups = np.unique(universe.labels)
+    taken = max(1, int(round(fraction * len(groups))))
+    if taken == len(groups):  # the set itself: its candidates are computed already
+        return universe
     order = np.random.default_rng(seed).permutation(len(groups))
-    keep = groups[order[: max(1, int(round(fraction * len(groups))))]]
+    keep = groups[order[:taken]]
     rows = np.flatnonzero(np.isin(universe.labels, keep))
     return universe.subset(rows, f"{universe.name}@{fraction:g}")
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from shopee.constants import OBJECTIVES, K
 from shopee.match import Pairs, combine, f1_by_threshold, member_candidates
-from shopee.metrics import MatchScore, RowScores, score_pairs
+from shopee.metrics import MatchScore, RowScores, group_sizes
 from shopee.oof import OOFSet, combined_embedding
 
 
@@ -183,13 +183,14 @@ class Scorer:
         self.device = device
         self._cache: dict[tuple[str, str], Pairs] = {}
         self._pruned: dict[tuple[str, str, float], Pairs] = {}
+        self._sizes: dict[str, np.ndarray] = {}  # universe name -> each row's group size
         self.floors: dict[str, float] = {}  # member name -> lowest threshold the search will try
         self.evaluations = 0
 
     def restricted(self, keep: Iterable[Universe]) -> Scorer:
         """A scorer over some of these universes, sharing the candidates computed so far."""
         other = Scorer(list(keep), self.backend, self.device)
-        other._cache, other._pruned = self._cache, self._pruned
+        other._cache, other._pruned, other._sizes = self._cache, self._pruned, self._sizes
         return other
 
     def of(self, objective: str) -> list[Universe]:
@@ -221,16 +222,24 @@ class Scorer:
                 k=K,
                 backend=self.backend,
                 device=self.device,
+                queries=universe.scored,  # only scored rows' matches count: search from them alone
             )
         return self._cache[cache_key]
 
     def row_scores(self, params: dict[str, Any], universe: Universe) -> RowScores:
         candidates = {m["name"]: self.candidates(m, universe) for m in params["members"]}
         pairs = combine(params, candidates, universe.n, titles=universe.titles)
-        scores = score_pairs(*pairs.with_self(), universe.labels)
-        if universe.scored is None:
-            return scores
-        return RowScores(*(getattr(scores, f)[universe.scored] for f in ("f1", "precision", "recall")))
+        # combine's pairs are distinct and never a row with itself (``Pairs``): counting them is
+        # ``score_pairs`` of the pairs plus each row's self pair, without its de-duplication.
+        if universe.name not in self._sizes:
+            self._sizes[universe.name] = group_sizes(universe.labels)
+        true = self._sizes[universe.name]
+        hit = universe.labels[pairs.rows] == universe.labels[pairs.cols]
+        predicted = 1 + np.bincount(pairs.rows, minlength=universe.n)
+        hits = 1 + np.bincount(pairs.rows[hit], minlength=universe.n)
+        rows = slice(None) if universe.scored is None else universe.scored
+        predicted, hits, true = predicted[rows], hits[rows], true[rows]
+        return RowScores(2 * hits / (predicted + true), hits / predicted, hits / true)
 
     def score(self, params: dict[str, Any]) -> Scores:
         self.evaluations += 1

@@ -23,6 +23,7 @@ from shopee.match.pairs import Pairs
 
 BACKENDS = ("torch", "faiss", "cuml", "auto")
 DEFAULT_CHUNK_BYTES = 512 * 2**20
+Found = tuple[np.ndarray, np.ndarray]  # per query: neighbour indices and similarities, k each
 
 _INSTALL = {
     "faiss": "install faiss-cpu (pip install faiss-cpu), or faiss-gpu for CUDA",
@@ -71,19 +72,18 @@ def normalize_rows(embeddings: np.ndarray | torch.Tensor, what: str = "embedding
         raise ShopeeError(f"{what}: expected a 2-D array (rows x dimensions), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise ShopeeError(f"{what}: expected real numbers, got dtype {x.dtype}")
-    finite = np.isfinite(x).all(axis=1)
+    # Norms accumulated in float64 (no float64 copy of the rows); a NaN or infinity anywhere in a
+    # row makes its norm non-finite.
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    finite = np.isfinite(norms)
     if not finite.all():
         bad = int(np.argmin(finite))
         raise ShopeeError(
             f"{what}: row {bad} holds NaN or infinite values ({int((~finite).sum())} such rows)"
         )
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
     out = np.empty(x.shape, dtype=np.float32)
-    step = max(1, 2**22 // max(x.shape[1], 1))  # float64 work in chunks of about 32 MiB
-    for start in range(0, len(x), step):
-        chunk = x[start : start + step].astype(np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
-        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        out[start : start + step] = chunk * scale[:, None]
+    np.multiply(x, scale[:, None], out=out, casting="unsafe")
     return out
 
 
@@ -108,43 +108,41 @@ def _drop_self(query_ids: np.ndarray, index: np.ndarray, values: np.ndarray) -> 
     return index[keep].reshape(-1, k), values[keep].reshape(-1, k)
 
 
-def _torch_knn(x: np.ndarray, k: int, rows: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+def _torch_knn(x: np.ndarray, queries: np.ndarray, k: int, rows: int, device: str) -> Found:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ShopeeError(f"device {device!r}: CUDA is not available to torch here; use device 'cpu'")
     try:
         base = torch.from_numpy(x).to(device)
     except (RuntimeError, ValueError) as exc:
         raise ShopeeError(f"device {device!r}: {exc}") from None
-    n = len(base)
-    cols = np.empty((n, k), dtype=np.int64)
-    sims = np.empty((n, k), dtype=np.float32)
+    cols = np.empty((len(queries), k), dtype=np.int64)
+    sims = np.empty((len(queries), k), dtype=np.float32)
     with torch.no_grad():
-        for start in range(0, n, rows):
-            block = base[start : start + rows] @ base.T
-            local = torch.arange(len(block), device=block.device)
-            block[local, local + start] = -float("inf")  # not itself
+        for start in range(0, len(queries), rows):
+            ids = torch.from_numpy(queries[start : start + rows]).to(base.device)
+            block = base[ids] @ base.T
+            block[torch.arange(len(ids), device=block.device), ids] = -float("inf")  # not itself
             values, index = block.topk(k, dim=1)
-            cols[start : start + len(block)] = index.cpu().numpy()
-            sims[start : start + len(block)] = values.cpu().numpy()
+            cols[start : start + len(ids)] = index.cpu().numpy()
+            sims[start : start + len(ids)] = values.cpu().numpy()
             del block
     return cols, sims
 
 
-def _faiss_knn(x: np.ndarray, k: int, rows: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+def _faiss_knn(x: np.ndarray, queries: np.ndarray, k: int, rows: int, device: str) -> Found:
     faiss = _import_backend("faiss")
     index = faiss.IndexFlatIP(x.shape[1])
     if str(device).startswith("cuda") and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
         gpu = int(str(device).split(":")[1]) if ":" in str(device) else 0
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
     index.add(x)
-    n = len(x)
-    cols = np.empty((n, k), dtype=np.int64)
-    sims = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, rows):
-        values, found = index.search(x[start : start + rows], k + 1)
-        ids = np.arange(start, start + len(found))
+    cols = np.empty((len(queries), k), dtype=np.int64)
+    sims = np.empty((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), rows):
+        ids = queries[start : start + rows]
+        values, found = index.search(np.ascontiguousarray(x[ids]), k + 1)
         c, s = _drop_self(ids, found.astype(np.int64), values.astype(np.float32))
-        cols[start : start + len(found)], sims[start : start + len(found)] = c, s
+        cols[start : start + len(ids)], sims[start : start + len(ids)] = c, s
     return cols, sims
 
 
@@ -156,22 +154,34 @@ def _to_numpy(a) -> np.ndarray:
     return np.asarray(a)
 
 
-def _cuml_knn(x: np.ndarray, k: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _cuml_knn(x: np.ndarray, queries: np.ndarray, k: int, rows: int) -> Found:
     _import_backend("cuml")
     neighbors = importlib.import_module("cuml.neighbors")
     model = neighbors.NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute")
     model.fit(x)
-    n = len(x)
-    cols = np.empty((n, k), dtype=np.int64)
-    sims = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, rows):
-        distances, found = model.kneighbors(x[start : start + rows], return_distance=True)
+    cols = np.empty((len(queries), k), dtype=np.int64)
+    sims = np.empty((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), rows):
+        ids = queries[start : start + rows]
+        distances, found = model.kneighbors(x[ids], return_distance=True)
         found = _to_numpy(found).astype(np.int64)
         values = (1.0 - _to_numpy(distances)).astype(np.float32)
-        ids = np.arange(start, start + len(found))
         c, s = _drop_self(ids, found, values)
-        cols[start : start + len(found)], sims[start : start + len(found)] = c, s
+        cols[start : start + len(ids)], sims[start : start + len(ids)] = c, s
     return cols, sims
+
+
+def _query_positions(queries: np.ndarray | None, n: int, valid: np.ndarray) -> np.ndarray:
+    """Positions among the ``valid`` (non-zero) rows of the rows to search from, sorted."""
+    if queries is None:
+        return np.arange(len(valid), dtype=np.int64)
+    queries = np.unique(np.asarray(queries, dtype=np.int64))
+    if len(queries) and (queries[0] < 0 or queries[-1] >= n):
+        raise ShopeeError(f"knn queries: row index outside 0..{n - 1}")
+    position = np.full(n, -1, dtype=np.int64)
+    position[valid] = np.arange(len(valid))
+    found = position[queries]
+    return found[found >= 0]
 
 
 def knn_pairs(
@@ -182,13 +192,15 @@ def knn_pairs(
     *,
     backend: str = "torch",
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    queries: np.ndarray | None = None,
 ) -> Pairs:
     """The ``k`` nearest other rows of each row by cosine similarity, best first.
 
-    Queries run in row chunks whose ``rows x n`` float32 similarity block stays within
-    ``max_chunk_bytes`` (``rows_per_chunk`` overrides the chunk height). Rows of norm zero match
-    nothing (no pairs from or to them); a row has fewer than ``k`` pairs only when fewer than ``k``
-    other rows have a non-zero norm.
+    ``queries`` (row indices; default all rows): only these rows' neighbours are searched (among
+    all rows), the same pairs ``knn_pairs`` gives them without it. Queries run in row chunks whose
+    ``rows x n`` float32 similarity block stays within ``max_chunk_bytes`` (``rows_per_chunk``
+    overrides the chunk height). Rows of norm zero match nothing (no pairs from or to them); a row
+    has fewer than ``k`` pairs only when fewer than ``k`` other rows have a non-zero norm.
     """
     backend = resolve_backend(backend, device)
     if backend in ("faiss", "cuml"):
@@ -201,15 +213,16 @@ def knn_pairs(
     if len(valid) < n:
         x = x[valid]
     k = int(min(k, len(valid) - 1))
-    if k <= 0:
+    search = _query_positions(queries, n, valid)
+    if k <= 0 or not len(search):
         return Pairs.empty(n)
-    rows = _rows_per_chunk(len(x), len(x), max_chunk_bytes, rows_per_chunk)
+    rows = _rows_per_chunk(len(search), len(x), max_chunk_bytes, rows_per_chunk)
     if backend == "torch":
-        cols, sims = _torch_knn(x, k, rows, device)
+        cols, sims = _torch_knn(x, search, k, rows, device)
     elif backend == "faiss":
-        cols, sims = _faiss_knn(np.ascontiguousarray(x), k, rows, device)
+        cols, sims = _faiss_knn(np.ascontiguousarray(x), search, k, rows, device)
     else:
-        cols, sims = _cuml_knn(x, k, rows)
-    out_rows = np.repeat(valid.astype(np.int64), k)
+        cols, sims = _cuml_knn(x, search, k, rows)
+    out_rows = np.repeat(valid[search].astype(np.int64), k)
     out_cols = valid[cols.ravel()].astype(np.int64)
     return Pairs(out_rows, out_cols, sims.ravel().astype(np.float32, copy=False), n)

@@ -43,6 +43,7 @@ import copy
 import hashlib
 import math
 import numbers
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -64,11 +65,23 @@ PARAMS_VERSION = 1
 MEMBER_TYPES = ("embedding", "tfidf", "phash")
 TFIDF_MIN_SIM = 0.2
 MAX_NGRAM = 10
+
+
 # Embedding neighbours are remembered across calls, keyed by the content of the (normalized,
 # blended) embeddings: the threshold search asks again and again for the same ones (every
 # blending variant of a member starts from its plain neighbours, a second stage from the first
-# stage's). Least recently used entries go first; 0 turns the memory off.
-KNN_CACHE_BYTES = 512 * 2**20
+# stage's). Least recently used entries go first; 0 turns the memory off. A search over five
+# 34,250-row sets keeps about a hundred such lists (34 MB each): up to 4 GiB, a sixth of the
+# machine's memory at most.
+def _knn_cache_budget() -> int:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        memory = 8 * 2**30
+    return int(min(4 * 2**30, max(512 * 2**20, memory // 6)))
+
+
+KNN_CACHE_BYTES = _knn_cache_budget()
 
 _TOP_FIELDS = ("version", "k", "members", "min2", "unit_filter")
 _MEMBER_FIELDS = {
@@ -250,18 +263,23 @@ def _pairs_bytes(pairs: Pairs) -> int:
     return pairs.rows.nbytes + pairs.cols.nbytes + pairs.sims.nbytes
 
 
-def _knn(x: np.ndarray, k: int, backend: str, device: str) -> Pairs:
-    """``knn_pairs(x, k)``, remembered by the content of ``x`` (read-only arrays when kept)."""
-    if KNN_CACHE_BYTES <= 0:
-        return knn_pairs(x, k, backend=backend, device=device)
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(a).cast("B")).hexdigest()
+
+
+def _knn(x: np.ndarray, k: int, backend: str, device: str, queries: np.ndarray | None = None) -> Pairs:
+    """``knn_pairs(x, k, queries=queries)``; a search from every row is remembered by the content
+    of ``x`` (read-only arrays when kept). A search from some rows only is the final one of a
+    scorer, which keeps its own results: not remembered."""
+    if KNN_CACHE_BYTES <= 0 or queries is not None:
+        return knn_pairs(x, k, backend=backend, device=device, queries=queries)
     x = np.ascontiguousarray(x)
-    digest = hashlib.sha256(memoryview(x).cast("B")).hexdigest()
-    key = (x.shape, str(x.dtype), digest, int(k), backend, str(device))
+    key = (x.shape, str(x.dtype), _digest(x), int(k), backend, str(device))
     found = _knn_cache.get(key)
     if found is not None:
         _knn_cache.move_to_end(key)
         return found
-    pairs = knn_pairs(x, k, backend=backend, device=device)
+    pairs = knn_pairs(x, k, backend=backend, device=device, queries=queries)
     if _pairs_bytes(pairs) <= KNN_CACHE_BYTES:
         for array in (pairs.rows, pairs.cols, pairs.sims):
             array.flags.writeable = False
@@ -315,9 +333,12 @@ def member_candidates(
     backend: str = "torch",
     device: str = "cpu",
     timings: dict[str, float] | None = None,
+    queries: np.ndarray | None = None,
 ) -> Pairs:
     """Candidates of one member before its final threshold, ``k - 1`` at most per row (``k``
-    counts the row itself, as params' ``k``); see the module doc. ``timings`` (if given) gets
+    counts the row itself, as params' ``k``); see the module doc. ``queries`` (sorted row
+    indices): only these rows' candidates, the same as without it (blending still uses every row;
+    the final neighbour search runs from these rows only). ``timings`` (if given) gets
     seconds under ``knn:<name>:blend<stage>`` (a blending stage's search) and ``blend:<name>:<stage>``
     (its weighted sums), ``knn:<name>``, ``tfidf:<name>`` or ``phash:<name>``."""
     m = _validate_member(
@@ -329,20 +350,26 @@ def member_candidates(
     if m["type"] == "embedding":
         x = member_space(m, n, embeddings, k, backend, device, timings)
         with _timed(timings, f"knn:{name}"):
-            return _knn(x, others, backend, device)
+            return _knn(x, others, backend, device, queries)
     if m["type"] == "tfidf":
         _check_rows(titles, n, "titles", m)
         with _timed(timings, f"tfidf:{name}"):
-            return tfidf_pairs(
+            found = tfidf_pairs(
                 titles,
                 min_sim=m["min_sim"],
                 k=others,
                 analyzer=m["analyzer"],
                 ngram_range=m.get("ngram_range"),
             )
-    _check_rows(phashes, n, "phashes", m)
-    with _timed(timings, f"phash:{name}"):
-        return phash_pairs(phashes, max_distance=m["max_distance"], k=others)
+    else:
+        _check_rows(phashes, n, "phashes", m)
+        with _timed(timings, f"phash:{name}"):
+            found = phash_pairs(phashes, max_distance=m["max_distance"], k=others)
+    if queries is None:
+        return found
+    asked = np.zeros(n, dtype=bool)
+    asked[queries] = True
+    return found.select(asked[found.rows])
 
 
 # --------------------------------------------------------------------------------------------
