@@ -85,18 +85,29 @@ def test_features_against_a_slow_per_pair_reference() -> None:
     floors = floors_of(PARAMS)
     found = candidates(PARAMS, floors, n, embeddings=embeddings, titles=titles, phashes=phashes)
     table = features(PARAMS, found, embeddings=embeddings, titles=titles, phashes=phashes)
-    assert len(table) == len(found) > n and (found.a < found.b).all()
+    assert len(table) == len(found) > n and (found.a != found.b).all()
+    assert (np.diff(found.a) >= 0).all()  # sorted by query
 
     x = embeddings["e"] / np.linalg.norm(embeddings["e"], axis=1, keepdims=True)
     t = tfidf_matrix(titles).toarray()
     sims = {"emb": x @ x.T, "tfidf": t @ t.T}
     tokenize = CountVectorizer(lowercase=True).build_analyzer()
     grams = CountVectorizer(analyzer="char_wb", ngram_range=(3, 3), lowercase=True).build_analyzer()
+    expected = [set() for _ in range(n)]  # each query's candidates, by the module doc
+    bits = np.array([[_bits(p, q) for q in phashes] for p in phashes], dtype=float)
+    for i in range(n):
+        expected[i] |= {j for j in range(n) if j != i and bits[i, j] <= floors["phash"]}
     for member, matrix in sims.items():
         np.fill_diagonal(matrix, -np.inf)
         floor = 0.2 if member == "tfidf" else -np.inf  # TF-IDF lists stop at their floor
         listed = [np.sort(row[row >= floor])[::-1][:50] for row in matrix]
         best = np.array([r[0] if len(r) else np.nan for r in listed])
+        for i in range(n):
+            order = np.argsort(-matrix[i])[:50]
+            keep = matrix[i, order] >= max(floor, floors[member])
+            if member == "emb":
+                keep[:5] = True  # each row's nearest few, whatever their similarity
+            expected[i] |= set(order[keep].tolist())
         density = {}
         for top in DENSITY_TOPS:
             for stat, reduce in (("mean", np.mean), ("std", np.std)):
@@ -106,20 +117,12 @@ def test_features_against_a_slow_per_pair_reference() -> None:
             a, b = int(found.a[i]), int(found.b[i])
             row = table.iloc[i]
             assert row[f"{member}_sim"] == pytest.approx(matrix[a, b], abs=1e-5)
-            intervals = [
-                _rank_interval(matrix[p], listed[p], matrix[p, q], floor) for p, q in ((a, b), (b, a))
-            ]
-            lo, hi = row[f"{member}_rank_lo"], row[f"{member}_rank_hi"]
-            assert (_within(lo, intervals[0]) and _within(hi, intervals[1])) or (
-                _within(lo, intervals[1]) and _within(hi, intervals[0])
-            )
-            assert row[f"{member}_mutual"] == float(intervals[0] is not None and intervals[1] is not None)
-            gaps = sorted([best[a] - matrix[a, b], best[b] - matrix[a, b]])
-            assert [row[f"{member}_gap_lo"], row[f"{member}_gap_hi"]] == pytest.approx(gaps, abs=1e-5)
+            assert _within(row[f"{member}_rank"], _rank_interval(matrix[a], listed[a], matrix[a, b], floor))
+            assert row[f"{member}_gap"] == pytest.approx(best[a] - matrix[a, b], abs=1e-5)
             for (top, stat), values in density.items():
-                pair = sorted([values[a], values[b]])
-                got = [row[f"{member}_top{top}_{stat}_lo"], row[f"{member}_top{top}_{stat}_hi"]]
-                assert got == pytest.approx(pair, abs=1e-4)
+                assert row[f"{member}_top{top}_{stat}"] == pytest.approx(values[a], abs=1e-4)
+    got = [set(found.b[found.a == i].tolist()) for i in range(n)]
+    assert got == expected
     for i in range(len(found)):
         a, b = int(found.a[i]), int(found.b[i])
         row = table.iloc[i]
@@ -136,18 +139,39 @@ def test_features_against_a_slow_per_pair_reference() -> None:
         if phashes[a] is None or phashes[b] is None:
             assert np.isnan(row["phash_sim"]) and row["same_phash"] == 0
         else:
-            bits = bin(int(phashes[a], 16) ^ int(phashes[b], 16)).count("1")
-            assert row["phash_sim"] == pytest.approx(1 - bits / 64)
-            assert row["same_phash"] == float(bits == 0)
+            assert row["phash_sim"] == pytest.approx(1 - bits[a, b] / 64)
+            assert row["same_phash"] == float(bits[a, b] == 0)
+
+
+def _bits(p: str | None, q: str | None) -> float:
+    return np.inf if p is None or q is None else bin(int(p, 16) ^ int(q, 16)).count("1")
+
+
+def test_a_pair_is_described_from_its_query_alone() -> None:
+    """The features of pairs from some query rows, computed with those rows' neighbour lists
+    only, equal the ones computed with every row's lists: nothing of a candidate's own list (a
+    fold model's training row in a dense CV set) can reach the model."""
+    labels, embeddings, titles, phashes = _data(n=90, seed=2)
+    n = len(labels)
+    inputs = dict(embeddings=embeddings, titles=titles, phashes=phashes)
+    floors = floors_of(PARAMS)
+    queries = np.arange(0, n, 4)
+    every = candidates(PARAMS, floors, n, **inputs)
+    some = candidates(PARAMS, floors, n, queries=queries, **inputs)
+    mine = np.isin(every.a, queries)
+    np.testing.assert_array_equal(some.a, every.a[mine])
+    np.testing.assert_array_equal(some.b, every.b[mine])
+    assert set(some.lists["emb"].rows.tolist()) == set(queries.tolist())
+    full = features(PARAMS, every, scored=queries, **inputs)[mine].reset_index(drop=True)
+    pd.testing.assert_frame_equal(features(PARAMS, some, scored=queries, **inputs), full)
 
 
 def test_matching_from_probabilities_against_a_per_row_reference() -> None:
     rng = np.random.default_rng(1)
     n = 40
     keys = np.unique(rng.integers(0, n, size=(150, 2)), axis=0)
+    keys = keys[keys[:, 0] != keys[:, 1]]
     a, b = keys[:, 0], keys[:, 1]
-    keep = a < b
-    a, b = a[keep], b[keep]
     p = rng.random(len(a))
     for threshold, min2 in ((0.7, None), (0.7, 0.3), (0.95, 0.0)):
         pairs = pair_model.match_from_probabilities(n, a, b, p, threshold, min2)
@@ -155,16 +179,12 @@ def test_matching_from_probabilities_against_a_per_row_reference() -> None:
         want = [set() for _ in range(n)]
         for x, y, q in zip(a, b, p, strict=True):
             if q >= threshold:
-                want[x].add(y)
-                want[y].add(x)
+                want[x].add(y)  # each row decides its own matches
         if min2 is not None:
-            lonely = [i for i in range(n) if not want[i]]
-            for i in lonely:
-                touching = [(q, y if x == i else x) for x, y, q in zip(a, b, p, strict=True) if i in (x, y)]
-                if touching and max(touching)[0] >= min2:
-                    partner = max(touching)[1]
-                    want[i].add(partner)
-                    want[partner].add(i)  # one decision: both ends
+            for i in range(n):
+                mine = [(q, y) for x, y, q in zip(a, b, p, strict=True) if x == i]
+                if not want[i] and mine and max(mine)[0] >= min2:
+                    want[i].add(max(mine)[1])
         assert got == want
 
 
@@ -225,3 +245,34 @@ def test_a_pair_model_ships_only_when_it_beats_the_rule_held_out(capsys) -> None
     # without a held-out estimate the dense CV decides
     assert not decide(0.80, 0.81, held=False)["shipped"]
     assert "pair model not shipped" in capsys.readouterr().out
+
+
+def test_the_held_out_estimate_rebuilds_pairs_with_each_folds_own_first_stage(monkeypatch, tmp_path) -> None:
+    """The threshold search tuned without fold k decides, for fold k held out, the candidates and
+    features of every set the pair model trains and is scored on; a fold whose rule is the tuned
+    one reuses the sets already built."""
+    rng = np.random.default_rng(4)
+    universes = []
+    for fold in (0, 1):
+        labels = np.repeat(np.arange(60), 3)
+        emb = rng.normal(size=(60, 8))[labels] + 0.8 * rng.normal(size=(len(labels), 8))
+        scored = np.flatnonzero((labels % 2) == fold)  # the fold's groups: validation rows
+        universes.append(
+            Universe(f"dense{fold}", "dense", {"e": emb.astype(np.float32)}, labels, scored=scored, fold=fold)
+        )
+    params = {**PARAMS, "members": [PARAMS["members"][0]]}
+    retuned = {**params, "members": [{**params["members"][0], "threshold": 0.8}]}
+    built = []
+    original = pair_model.pair_set
+
+    def spy(universe, rule, floors, backend="torch", device="cpu"):
+        built.append((universe.name, rule["members"][0]["threshold"]))
+        return original(universe, rule, floors, backend, device)
+
+    monkeypatch.setattr(pair_model, "pair_set", spy)
+    info = pair_model.train_pair_model(
+        universes, params, tmp_path / "p.txt", lambda _: None, heldout_params={"0": retuned, "1": params}
+    )
+    assert built == [("dense0", 0.6), ("dense1", 0.6), ("dense0", 0.8), ("dense1", 0.8)]
+    assert info["heldout"] == "first stage and thresholds re-tuned"
+    assert 0.0 < info["cv_f1_heldout"] <= 1.0

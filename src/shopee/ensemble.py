@@ -280,15 +280,15 @@ def heldout(
 ) -> dict[str, Any] | None:
     """The search run once per fold with that fold left out, its rule scored on the fold left out.
 
-    Returns ``{"f1", "folds": {fold: F1}}``: ``f1`` is the mean over folds (over rows for the
-    dense objective), or None with fewer than two folds.
+    Returns ``{"f1", "folds": {fold: F1}, "params": {fold: the rule tuned without it}}``: ``f1``
+    is the mean over folds (over rows for the dense objective), or None with fewer than two folds.
     """
     universes = scorer.of(objective)
     folds = sorted({u.fold for u in universes if u.fold is not None})
     if len(folds) < 2:
         log(f"held-out estimate: needs two folds or more, has {len(folds)}")
         return None
-    per_fold, weights = {}, []
+    per_fold, weights, tuned = {}, [], {}
     for fold in folds:
         tune = scorer.restricted(u for u in universes if u.fold != fold)
         test = scorer.restricted(u for u in universes if u.fold == fold)
@@ -301,11 +301,12 @@ def heldout(
             desc=f"held-out fold {fold}",
         )
         per_fold[fold] = test.score(result.params).value(objective)
+        tuned[str(fold)] = result.params
         weights.append(sum(u.n_scored for u in test.universes))
         log(f"  held out fold {fold}: tuned on the others, F1 {per_fold[fold]:.4f} on it")
     values = list(per_fold.values())
     f1 = float(np.mean(values)) if objective == "fold" else float(np.average(values, weights=weights))
-    return {"f1": f1, "folds": {str(k): v for k, v in per_fold.items()}}
+    return {"f1": f1, "folds": {str(k): v for k, v in per_fold.items()}, "params": tuned}
 
 
 def _group_subset(universe: Universe, fraction: float, seed: int) -> Universe:
@@ -495,6 +496,7 @@ def optimize_ensemble(
             backend=backend,
             device=device,
             size_subsets=[size_subsets(dense, f) for f in SIZE_FRACTIONS if f < 1] if by_size else (),
+            heldout_params=held["params"] if held else None,
         )
         print(
             f"  pair model: CV F1 {pairs['cv_f1']:.4f} (held-out {pairs['cv_f1_heldout']:.4f}) at "

@@ -100,10 +100,11 @@ def _markdown(ensemble: dict[str, Any]) -> str:
         lines += [
             "## Pair model (second stage)",
             "",
-            f"LightGBM on candidate pairs of the dense sets ({c['candidates']} pairs touching validation "
-            f"rows; {100 * c['recall']:.1f} % of the true pairs are candidates, "
-            f"{100 * c['precision']:.1f} % of the candidates are true), out of fold by outer fold; "
-            f"{pairs['rounds']} rounds shipped.",
+            f"LightGBM on candidate pairs of the dense sets ({c['candidates']} pairs from validation "
+            f"rows, described from that side only; {100 * c['recall']:.1f} % of the true pairs are "
+            f"candidates, {100 * c['precision']:.1f} % of the candidates are true), out of fold by outer "
+            f"fold; {pairs['rounds']} rounds shipped. Held out: "
+            f"{pairs.get('heldout', 'thresholds re-tuned')} on the other folds.",
             "",
             "| rule | CV F1 (dense) | held-out |",
             "|---|---|---|",

@@ -1,28 +1,31 @@
 """Candidate pairs and their features, vectorized over pairs (no Python loop over pairs).
 
-**Candidates** of a set of rows: the union over the rule's members of their neighbour lists
-(``member_candidates``: embedding kNN with k = 51 after the member's blending, TF-IDF, phash)
-above loose floors (each member's tuned threshold minus ``EMBEDDING_MARGIN`` / ``TFIDF_MARGIN``,
-phash ``PHASH_EXTRA_BITS`` more bits), plus each row's ``ALWAYS_NEAREST`` nearest neighbours of
-every embedding member whatever their similarity;
-kept as unordered pairs ``a < b`` (a pair is one decision).
+**Candidates** of a set of rows: the union over the rule's members of each query row's
+neighbour list (``member_candidates``: embedding kNN with k = 51 after the member's blending,
+TF-IDF, phash) above loose floors (each member's tuned threshold minus ``EMBEDDING_MARGIN`` /
+``TFIDF_MARGIN``, phash ``PHASH_EXTRA_BITS`` more bits), plus the query's ``ALWAYS_NEAREST``
+nearest neighbours of every embedding member whatever their similarity. A pair is **directed**,
+``a -> b`` from query row ``a`` to its candidate ``b``: each row decides its own matches, as each
+row's F1 is its own.
 
-**Features** (``FEATURES`` lists their names; ``<m>`` is each member, ``lo``/``hi`` the smaller and
-larger of the two ends' values, so that a pair's features do not depend on its order):
+**Features**, all seen from the query end (``feature_names`` lists them; ``<m>`` is each member).
+Nothing describes the candidate end on its own: in a dense CV set the candidate is often a row
+the fold model was trained on (sitting unusually tight in its group, and always of another group
+than a validation query), which a test row never is; its own rank list, gap or density would let
+the model recognize a training row, a shortcut the test does not offer.
 
 - ``<m>_sim``: the member's similarity of the pair, computed exactly (embedding cosine after its
   blending, TF-IDF cosine, phash 1 - bits/64; NaN where a phash is missing);
-- ``<m>_rank_lo`` / ``_hi``: the rank of each end in the other's neighbour list (1 = nearest; NaN
-  when not in it); ``<m>_mutual``: each end in the other's list;
-- ``<m>_gap_lo`` / ``_hi``: each end's best similarity minus the pair's;
-- ``<m>_top<k>_mean_lo`` / ``_hi`` and ``_std_``: the mean and spread of each end's top-5/10/20
-  similarities (its neighbourhood's density), standardized over the rows of the set scored, since
-  a 70,000-row test is denser than any CV set (``hi`` is NaN where one end has no value: a rank
-  "not listed");
-- ``len_diff`` (characters), ``len_ratio``, ``token_jaccard`` (word sets), ``char_cosine`` (cosine
-  of character 3-gram sets; scikit-learn, as rapidfuzz is not in Kaggle's image), ``units_agree`` /
-  ``units_conflict`` (a quantity of one dimension stated alike / only differently, ``units``),
-  ``same_phash``.
+- ``<m>_rank``: the candidate's rank in the query's neighbour list (1 = nearest; NaN when not in
+  it);
+- ``<m>_gap``: the query's best similarity minus the pair's;
+- ``<m>_top<k>_mean`` / ``_std``: the mean and spread of the query's top-5/10/20 similarities
+  (its neighbourhood's density), standardized over the rows of the set scored, since a
+  70,000-row test is denser than any CV set;
+- of the two titles and images: ``len_diff`` (characters), ``len_ratio``, ``token_jaccard`` (word
+  sets), ``char_cosine`` (cosine of character 3-gram sets; scikit-learn, as rapidfuzz is not in
+  Kaggle's image), ``units_agree`` / ``units_conflict`` (a quantity of one dimension stated alike
+  / only differently, ``units``), ``same_phash``.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ CHUNK = 65536  # pairs per chunk when gathering rows
 
 @dataclass
 class Candidates:
-    """Unordered candidate pairs ``a[i] < b[i]`` of ``n`` rows, with what the features need."""
+    """Directed candidate pairs ``a[i] -> b[i]`` (query, candidate) of ``n`` rows, sorted by
+    query, with what the features need."""
 
     n: int
     a: np.ndarray
@@ -96,10 +100,12 @@ def candidates(
     backend: str = "torch",
     device: str = "cpu",
     timings: dict[str, float] | None = None,
+    queries: np.ndarray | None = None,
 ) -> Candidates:
-    """The candidate pairs of ``n`` rows under the rule's members and ``floors``. ``timings`` (if
-    given) gets the seconds of the members' neighbour lists (``pairs:neighbours``: the same work
-    the thresholds' rule does) and of their union (``pairs:candidates``)."""
+    """The candidate pairs of ``n`` rows under the rule's members and ``floors``, from the rows
+    ``queries`` (sorted indices; all rows when None). ``timings`` (if given) gets the seconds of
+    the members' neighbour lists (``pairs:neighbours``: the same work the thresholds' rule does)
+    and of their union (``pairs:candidates``)."""
     lists, rows, cols = {}, [], []
     neighbours = 0.0
     for m in params["members"]:
@@ -114,6 +120,7 @@ def candidates(
             k=K,
             backend=backend,
             device=device,
+            queries=queries,
         )
         neighbours += time.perf_counter() - started
         lists[m["name"]] = found
@@ -125,8 +132,7 @@ def candidates(
     started = time.perf_counter()
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    a, b = np.minimum(r, c), np.maximum(r, c)
-    keys = np.unique(a[a != b] * max(n, 1) + b[a != b])
+    keys = np.unique(r[r != c] * max(n, 1) + c[r != c])
     if timings is not None:
         timings["pairs:neighbours"] = round(neighbours, 3)
         timings["pairs:candidates"] = round(time.perf_counter() - started, 3)
@@ -137,10 +143,9 @@ def feature_names(params: Mapping[str, Any]) -> list[str]:
     names = []
     for m in params["members"]:
         p = m["name"]
-        names += [f"{p}_sim", f"{p}_rank_lo", f"{p}_rank_hi", f"{p}_mutual", f"{p}_gap_lo", f"{p}_gap_hi"]
+        names += [f"{p}_sim", f"{p}_rank", f"{p}_gap"]
         for top in DENSITY_TOPS:
-            for stat in ("mean", "std"):
-                names += [f"{p}_top{top}_{stat}_lo", f"{p}_top{top}_{stat}_hi"]
+            names += [f"{p}_top{top}_mean", f"{p}_top{top}_std"]
     return names + [
         "len_diff",
         "len_ratio",
@@ -150,13 +155,6 @@ def feature_names(params: Mapping[str, Any]) -> list[str]:
         "units_conflict",
         "same_phash",
     ]
-
-
-def _lo_hi(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pair the smaller and the larger of two ends' values; a missing value (NaN) counts as
-    the larger: ``lo`` is NaN only where both are, ``hi`` wherever one is (a rank: "not listed")."""
-    with np.errstate(invalid="ignore"):
-        return np.fmin(x, y), np.maximum(x, y)
 
 
 def _rowwise_dot(x: np.ndarray | sparse.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -232,20 +230,14 @@ def features(
             sims = 1.0 - np.bitwise_count(hashes[a] ^ hashes[b]).astype(np.float32) / 64.0
             sims[~(present[a] & present[b])] = np.nan
         out[f"{p}_sim"] = sims.astype(np.float32)
-        rank_ab, rank_ba = _ranks(lists, n, a, b), _ranks(lists, n, b, a)
-        out[f"{p}_rank_lo"], out[f"{p}_rank_hi"] = _lo_hi(rank_ab, rank_ba)
-        out[f"{p}_mutual"] = (np.isfinite(rank_ab) & np.isfinite(rank_ba)).astype(np.float32)
+        out[f"{p}_rank"] = _ranks(lists, n, a, b)
         table = _row_table(lists, n, max(DENSITY_TOPS))
-        best = table[:, 0]
-        out[f"{p}_gap_lo"], out[f"{p}_gap_hi"] = _lo_hi(best[a] - sims, best[b] - sims)
+        out[f"{p}_gap"] = table[:, 0][a] - sims
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # rows with no neighbour: NaN, as meant
             for top in DENSITY_TOPS:
                 for stat, reduce in (("mean", np.nanmean), ("std", np.nanstd)):
-                    per_row = _standardized(reduce(table[:, :top], axis=1), scored)
-                    out[f"{p}_top{top}_{stat}_lo"], out[f"{p}_top{top}_{stat}_hi"] = _lo_hi(
-                        per_row[a], per_row[b]
-                    )
+                    out[f"{p}_top{top}_{stat}"] = _standardized(reduce(table[:, :top], axis=1), scored)[a]
     texts = pd.Series(list(titles) if titles is not None else [""] * n, dtype=object).fillna("").astype(str)
     lengths = texts.str.len().to_numpy(dtype=np.float32)
     out["len_diff"] = np.abs(lengths[a] - lengths[b])

@@ -2,16 +2,20 @@
 
 **Training without leakage.** Pairs come from the dense CV sets only (``shopee.scoring``: fold k's
 validation rows matched among fold k's training rows too, all embedded by fold k's model), and
-only pairs touching a validation row. The classifier's own CV follows the outer folds (themselves
-GroupKFold over label groups): the model that scores set k's pairs is trained on the other sets'
-pairs, minus every pair touching a group of fold k's validation rows, so no CV probability comes
-from a model that saw its group. Early stopping holds out a fifth of the training pairs by group.
+only pairs from a validation row to its candidates, described from the validation row's side
+(``shopee.pairwise.features``: nothing of the candidate end alone, which may be a training row of
+the fold model, a kind of row no test has). The classifier's own CV follows the outer folds
+(themselves GroupKFold over label groups): the model that scores set k's pairs is trained on the
+other sets' pairs, minus every pair touching a group of fold k's validation rows, so no CV
+probability comes from a model that saw its group. Early stopping holds out a fifth of the
+training pairs by group.
 
-**Matching from probabilities.** A pair is matched when its probability reaches ``threshold``;
-a row left with no match gets its most probable pair when that reaches ``min2``; a pair is one
-decision (both directions); at most 50 matches per row, most probable first. Both thresholds
-are tuned on the dense sets' CV probabilities; the held-out estimate tunes them on all sets but
-one and scores that one.
+**Matching from probabilities.** Each row decides its own matches: a pair from it is matched
+when its probability reaches ``threshold``; a row left with no match gets its most probable pair
+when that reaches ``min2``; at most 50 matches per row, most probable first. Both thresholds are
+tuned on the dense sets' CV probabilities; the held-out estimate tunes them on all sets but one
+and scores that one. They do not follow the number of rows (the rule's thresholds do): the pair
+model's size curve says what its F1 is expected to be at the test's size.
 
 The model shipped is refitted on every set's pairs with the mean number of rounds early stopping
 chose; it is saved as LightGBM's text model beside the ensemble file.
@@ -31,8 +35,8 @@ import pandas as pd
 
 from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
-from shopee.match import Pairs, best_per_row, top_k_pairs, union_pairs
-from shopee.metrics import score_pairs
+from shopee.match import Pairs, top_k_pairs, union_pairs
+from shopee.metrics import group_sizes, score_pairs
 from shopee.pairwise.features import Candidates, candidates, feature_names, features, floors_of
 from shopee.scoring import Universe
 from shopee.size_curve import optimism
@@ -90,16 +94,13 @@ def pair_set(
     device: str = "cpu",
 ) -> PairSet:
     inputs = dict(embeddings=universe.embeddings, titles=universe.titles, phashes=universe.phashes)
-    found = candidates(params, floors, universe.n, backend=backend, device=device, **inputs)
-    scored = np.zeros(universe.n, dtype=bool)
-    scored[universe.scored if universe.scored is not None else slice(None)] = True
-    touch = scored[found.a] | scored[found.b]
-    found = Candidates(found.n, found.a[touch], found.b[touch], found.lists)
+    found = candidates(
+        params, floors, universe.n, backend=backend, device=device, queries=universe.scored, **inputs
+    )
     table = features(params, found, scored=universe.scored, backend=backend, device=device, **inputs)
     labels = universe.labels
     truth = labels[found.a] == labels[found.b]
-    group = np.where(scored[found.a], labels[found.a], labels[found.b])
-    return PairSet(universe, found, table, truth, group)
+    return PairSet(universe, found, table, truth, labels[found.a])
 
 
 def candidate_recall(sets: Sequence[PairSet]) -> dict[str, float]:
@@ -107,11 +108,8 @@ def candidate_recall(sets: Sequence[PairSet]) -> dict[str, float]:
     true_total = true_found = candidates_total = 0
     for s in sets:
         u = s.universe
-        _, inverse, counts = np.unique(u.labels, return_inverse=True, return_counts=True)
-        scored = np.bincount(inverse if u.scored is None else inverse[u.scored], minlength=len(counts))
-        # unordered pairs of one group with at least one scored end: all pairs but the unscored ones
-        unscored = counts - scored
-        true_total += int((counts * (counts - 1) // 2 - unscored * (unscored - 1) // 2).sum())
+        others = group_sizes(u.labels) - 1  # each scored row's true pairs
+        true_total += int(others.sum() if u.scored is None else others[u.scored].sum())
         true_found += int(s.truth.sum())
         candidates_total += len(s.truth)
     return {
@@ -125,18 +123,16 @@ def candidate_recall(sets: Sequence[PairSet]) -> dict[str, float]:
 def match_from_probabilities(
     n: int, a: np.ndarray, b: np.ndarray, p: np.ndarray, threshold: float, min2: float | None
 ) -> Pairs:
-    """Matches of ``n`` rows from unordered candidate pairs and their probabilities (module doc)."""
-    both = Pairs(np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([p, p]).astype(np.float32), n)
-    kept = both.above(threshold)
-    matched = top_k_pairs(kept.rows, kept.cols, kept.sims, n, MAX_OTHERS)
-    if min2 is None or not len(both):
+    """Matches of ``n`` rows from directed candidate pairs ``a -> b`` and their probabilities
+    (module doc)."""
+    p = np.asarray(p, dtype=np.float32)
+    keep = p >= threshold
+    matched = top_k_pairs(a[keep], b[keep], p[keep], n, MAX_OTHERS)
+    if min2 is None or not len(a):
         return matched
-    nearest = best_per_row(both)
+    nearest = top_k_pairs(a, b, p, n, 1)  # each row's most probable pair
     add = nearest.select((matched.counts() == 0)[nearest.rows] & (nearest.sims >= min2))
-    if not len(add):
-        return matched
-    reverse = Pairs(add.cols, add.rows, add.sims, n)  # a pair is one decision: both directions
-    return union_pairs([matched, add, reverse], n, MAX_OTHERS)
+    return union_pairs([matched, add], n, MAX_OTHERS) if len(add) else matched
 
 
 def _row_f1(s: PairSet, p: np.ndarray, threshold: float, min2: float | None) -> np.ndarray:
@@ -228,15 +224,45 @@ def cross_validate(
     return probs, rounds
 
 
+def _heldout_rows(sets: Sequence[PairSet], probs: Sequence[np.ndarray], i: int) -> np.ndarray:
+    """Set ``i``'s row F1 with the thresholds tuned on the other sets."""
+    others = [x for j, x in enumerate(sets) if j != i]
+    threshold, min2, _ = tune_thresholds(others, [x for j, x in enumerate(probs) if j != i])
+    return _row_f1(sets[i], probs[i], threshold, min2)
+
+
 def heldout_f1(sets: Sequence[PairSet], probs: Sequence[np.ndarray]) -> tuple[float, list[float]]:
     """Thresholds tuned on all sets but one, scored on that one: (the mean over the scored rows,
     each set's mean)."""
+    rows = [_heldout_rows(sets, probs, i) for i in range(len(sets))]
+    return float(np.concatenate(rows).mean()), [float(r.mean()) for r in rows]
+
+
+def heldout_retuned(
+    universes: Sequence[Universe],
+    tuned: Mapping[str, Mapping[str, Any]],
+    full: tuple[Sequence[PairSet], Sequence[np.ndarray]],
+    params: Mapping[str, Any],
+    log: Callable[[str], None],
+    backend: str = "torch",
+    device: str = "cpu",
+) -> tuple[float, list[float]]:
+    """The held-out estimate with the first stage re-tuned too: for each left-out set, the rule
+    the threshold search tuned without its fold (``tuned``, by fold) decides every set's
+    candidates and features; the boosters are cross-validated on those, the probability
+    thresholds tuned on the other sets and the left-out one scored (``full``: the sets and
+    out-of-fold probabilities of ``params``, reused where a fold's rule is the same)."""
     rows = []
-    for i, s in enumerate(sets):
-        others = [x for j, x in enumerate(sets) if j != i]
-        other_probs = [x for j, x in enumerate(probs) if j != i]
-        threshold, min2, _ = tune_thresholds(others, other_probs)
-        rows.append(_row_f1(s, probs[i], threshold, min2))
+    for i, u in enumerate(universes):
+        rule = tuned.get(str(u.fold))
+        if rule is None or rule == params:
+            rows.append(_heldout_rows(full[0], full[1], i))
+            continue
+        floors = floors_of(rule)
+        sets = [pair_set(v, rule, floors, backend, device) for v in universes]
+        probs, _ = cross_validate(sets, lambda _: None)
+        rows.append(_heldout_rows(sets, probs, i))
+        log(f"  pair model, fold {u.fold} held out with its own first stage: F1 {rows[-1].mean():.4f}")
     return float(np.concatenate(rows).mean()), [float(r.mean()) for r in rows]
 
 
@@ -297,23 +323,31 @@ def train_pair_model(
     backend: str = "torch",
     device: str = "cpu",
     size_subsets: Sequence[Sequence[Universe]] = (),
+    heldout_params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train, cross-validate and save the pair model; returns what the ensemble records of it.
-    ``size_subsets``: per size, subsets of ``universes`` (aligned with them) for its size curve."""
+    ``size_subsets``: per size, subsets of ``universes`` (aligned with them) for its size curve;
+    ``heldout_params``: the threshold search's rule per left-out fold, for a held-out estimate
+    that re-tunes the first stage too (``heldout_retuned``; else only the probability thresholds
+    are re-tuned)."""
     lgb = _lightgbm()
     started = time.perf_counter()
     floors = floors_of(params)
     sets = [pair_set(u, params, floors, backend, device) for u in universes]
     recall = candidate_recall(sets)
     log(
-        f"  candidates: {recall['candidates']} pairs touching validation rows; "
+        f"  candidates: {recall['candidates']} pairs from validation rows; "
         f"{100 * recall['recall']:.1f} % of the true pairs are among them, "
         f"{100 * recall['precision']:.1f} % of them are true"
     )
     boosters: list[Any] = []
     probs, rounds = cross_validate(sets, log, boosters)
     threshold, min2, cv_f1 = tune_thresholds(sets, probs)
-    held, held_sets = heldout_f1(sets, probs)
+    if heldout_params:
+        full = (sets, probs)
+        held, held_sets = heldout_retuned(universes, heldout_params, full, params, log, backend, device)
+    else:
+        held, held_sets = heldout_f1(sets, probs)
     curve = None
     if size_subsets:
         log("  pair model by size (nested subsets of the dense sets, thresholds re-tuned on each):")
@@ -346,6 +380,7 @@ def train_pair_model(
         "rounds": int(final.current_iteration()),
         "cv_f1": cv_f1,
         "cv_f1_heldout": held,
+        "heldout": "first stage and thresholds re-tuned" if heldout_params else "thresholds re-tuned",
         "size_curve": curve,
         "candidates": recall,
         "importance": {name: round(value, 2) for name, value in importance},
