@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from shopee.augment import build_augment
 from shopee.config import Config
 from shopee.data import ImagePolicy, load_image
+from shopee.errors import ShopeeError
 
 
 class PostingDataset(Dataset):
@@ -118,6 +119,12 @@ def dataset_for(
     features = None
     if getattr(model.text, "needs_features", False):  # TF-IDF + PCA: computed once, here
         features = model.text.features(df["title"].tolist())
+    elif model.text is not None and model.text.tokenizer is None:
+        raise ShopeeError(
+            f"text model {cfg.text_model!r}: only its architecture is here ({model.text.source}); "
+            "its tokenizer and weights are needed to read titles: give a model directory with "
+            "--set text_weights=DIR, or put the model in the Hugging Face cache"
+        )
     return PostingDataset(
         df,
         text_features=features,

@@ -22,6 +22,7 @@ rest of the package does not pay for them.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import socket
 import threading
@@ -67,6 +68,9 @@ REGISTRY_TEXT: dict[str, tuple[str, str]] = {
 
 # Short names and the hub repository they stand for (for the Hugging Face cache lookup).
 _TEXT_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+# The recipes' text architectures (config.json facts: sizes, vocabulary, positions), one file per
+# hub id with "/" as "__": their random-weight architecture builds offline, with no tokenizer.
+ARCHITECTURES = Path(__file__).resolve().parent / "architectures"
 
 _CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _PREFERRED_CHECKPOINTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
@@ -526,6 +530,26 @@ def resolve_text_model(name: str, weights: str = "") -> str:
     raise WeightsNotFound(f"no text model {name!r} found offline: tried {'; '.join(tried)}; {how_to}")
 
 
+def shipped_text_config(name: str) -> Path | None:
+    """The shipped architecture file of a text model, by hub id (``FacebookAI/xlm-roberta-base``)
+    or by the name after the owner (``xlm-roberta-base``); None when none is shipped."""
+    for repo_id in dict.fromkeys([name, _TEXT_HUB_IDS.get(name, name)]):
+        path = ARCHITECTURES / f"{repo_id.replace('/', '__')}.json"
+        if path.is_file():
+            return path
+    found = [p for p in sorted(ARCHITECTURES.glob("*.json")) if p.stem.split("__", 1)[-1] == name]
+    return found[0] if len(found) == 1 else None
+
+
+def _architecture_only(shipped: Path) -> tuple[PreTrainedModel, None, str]:
+    from transformers import AutoConfig, AutoModel
+
+    facts = json.loads(shipped.read_text())
+    config = AutoConfig.for_model(facts.pop("model_type"), **facts)
+    source = f"architecture only: {shipped.name} (random weights, no tokenizer)"
+    return AutoModel.from_config(config), None, source
+
+
 def _has_weights(directory: Path) -> bool:
     return any(
         p.is_file() and p.name.endswith((".safetensors", ".bin", ".pth", ".pt", ".h5", ".msgpack"))
@@ -546,13 +570,21 @@ def create_text_encoder(
     """(model, tokenizer, source directory) for the Hugging Face model ``name``, built offline.
 
     ``pretrained=False`` builds the architecture from the config with random weights (the source
-    directory needs a config and a tokenizer only).
+    directory needs a config and a tokenizer only); when no directory is found but the
+    architecture is shipped (``shipped_text_config``), from that, without a tokenizer: enough to
+    count, time and test the architecture, not to read titles.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per tensor group; the training log says what loaded
-    source = resolve_text_model(name, weights)
+    try:
+        source = resolve_text_model(name, weights)
+    except WeightsNotFound:
+        shipped = None if pretrained or weights else shipped_text_config(name)
+        if shipped is None:
+            raise
+        return _architecture_only(shipped)
     tokenizer = _guard(
         f"text model {name!r}: cannot load the tokenizer from {source}",
         lambda: AutoTokenizer.from_pretrained(source, local_files_only=True),

@@ -31,7 +31,11 @@ class ImageEncoder(nn.Module):
         self.std: tuple[float, ...] = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(images)
+        """Channels first (N, C, H, W), whatever layout the backbone returns (Swin: N, H, W, C)."""
+        features = self.backbone.forward_features(images)
+        if getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":
+            features = features.permute(0, 3, 1, 2)
+        return features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.pool(self.feature_map(images))
