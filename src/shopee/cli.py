@@ -23,6 +23,7 @@ from shopee.constants import (
 from shopee.data import SPLITS, find_data_dir, read_split
 from shopee.errors import ShopeeError, exit_code
 from shopee.outputs import WEIGHT_FORMATS
+from shopee.plan import add_plan_parser
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> None:
@@ -521,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--kernel", required=True, help="the kernel's notebook folder")
     summary.set_defaults(func=_cmd_demo_summary)
 
+    add_plan_parser(sub)
     try:  # a Kaggle bundle leaves the benchmarks out
         from shopee.bench.cli import add_bench_parser
     except ImportError:

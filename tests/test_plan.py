@@ -1,0 +1,62 @@
+"""``plan``: the architecture's parameters and FLOPs measured offline, and the estimates'
+arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shopee.cli import main
+from shopee.plan import MACHINES, OPTIMIZER_BYTES, estimate, measure
+from shopee.runner import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(exp: str, *overrides: str):
+    return load_experiment(str(ROOT / "exp" / f"{exp}.py"), list(overrides))[1]
+
+
+def test_flops_and_activations_follow_the_image_area() -> None:
+    small = measure(_cfg("exp002", "image_size=64"), n_classes=50)
+    large = measure(_cfg("exp002", "image_size=128"), n_classes=50)
+    assert large["parameters"] == small["parameters"] > 3e6  # EfficientNet-Lite0 and its head
+    assert large["flops_forward"] / small["flops_forward"] == pytest.approx(4.0, rel=0.05)
+    assert large["flops_forward"] == pytest.approx(0.25e9, rel=0.05)  # bench embed's figure at 128 px
+    assert 2.0 < large["activation_bytes"] / small["activation_bytes"] < 4.5  # feature maps, and a fixed part
+
+
+def test_memory_and_time_estimates_by_hand() -> None:
+    cfg = _cfg("exp002", "batch_size=10", "epochs=2", "image_size=128")
+    measured = {
+        "parameters": 1_000_000,
+        "trained": 600_000,
+        "flops_train": 3e9,
+        "flops_forward": 1e9,
+        "activation_bytes": 2**20,
+        "precision": "fp16/bf16",
+    }
+    est = estimate(cfg, measured, train_rows=10_000)
+    memory = (600_000 * OPTIMIZER_BYTES + 400_000 * 4 + 10 * 2**20) / 2**30 + 1.0
+    assert est["memory_gb"] == pytest.approx(memory)
+    assert est["fold_train_rows"] == 8_000 and est["epochs"] == 2
+    h100 = next(r for r in est["machines"] if r["machine"].startswith("H100"))
+    machine = next(m for m in MACHINES if m.name.startswith("H100"))
+    rate = machine.tflops * 1e12
+    decode = lambda n: n * 2.26 * 1.5 / 1000 / machine.cores  # noqa: E731 - 128 px, one core per image
+    epoch = max(8_000 * 3e9 / rate, decode(8_000)) + max(2_000 * 1e9 / rate, decode(2_000))
+    assert h100["epoch_s"] == pytest.approx(epoch)
+    assert h100["fold_s"] == pytest.approx(2 * epoch + max(8_000 * 1e9 / rate, decode(8_000)))
+
+
+def test_plan_command_prints_its_table_and_one_json_line(capsys) -> None:
+    assert main(["plan", str(ROOT / "exp" / "exp055.py"), "--set", "image_size=64"]) == 0
+    out = capsys.readouterr().out
+    assert "eca_nfnet_l1 @64" in out and "estimates" in out and "T4 x2 (Kaggle)" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["exp"] == "exp055" and result["n_classes"] == 8_812  # a fold's share of 11,014 groups
+    # timm's eca_nfnet_l1 (38.3 M), the BN neck, and the ArcFace head: 3,072 x classes
+    assert result["parameters"] == pytest.approx(38.3e6 + 3072 * 8_812, rel=0.01)
+    assert len(result["machines"]) == len(MACHINES)
