@@ -13,10 +13,12 @@
      "objective": "dense",           # the CV set the search maximized F1 on (shopee.scoring)
      "cv_f1": ...,                   # its F1; cv_f1_dense, cv_f1_fold (cv_f1_all) beside it
      "cv_f1_heldout": ...,           # the same search scored on folds it did not tune on
+     "heldout": {"f1", "folds": {fold: F1}, "params": {fold: the rule tuned without it}},
      "size_curve": {...},            # thresholds against rows matched (shopee.size_curve) or null
      "pair_model": {...},            # the second stage (shopee.pairwise.model) or null: its model
                                      # file beside this one, features, floors, thresholds, CV F1,
-                                     # "shipped" (false: tried, lost to the rule; predict ignores it)
+                                     # "shipped" (false: tried, lost to the rule; predict ignores it);
+                                     # directed pairs with query-side features since 2026-12
      "fold_combination": "mean_embedding",   # how predict combines fold models (constants)
      "cv_f1_at_rows": {...},         # the F1 expected at a test's row count (size_curve.f1_at)
      "scores": {...}, "members": {...}, "steps": [...], "skipped": [...], ...}
