@@ -473,3 +473,74 @@ def test_bundle_files_rebuild_the_model_offline(tmp_path, minilm):
 def test_bundle_of_a_non_model_directory(tmp_path):
     with pytest.raises(ShopeeError, match="no config.json"):
         text_files_for_bundle(str(tmp_path))
+
+
+def _online(monkeypatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(pretrained, "_reachable", lambda host, *a, **k: True)
+
+
+def test_text_model_downloads_from_the_hub_when_online(tiny_text_dir, tmp_path, monkeypatch):
+    """Not in any cache and the machine online: the config, the tokenizer and one weights file
+    (safetensors over .bin) come from the hub into its cache (the hub client mocked)."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    _online(monkeypatch)
+    (tiny_text_dir / "model.safetensors").write_bytes(b"")  # listed by the mocked hub only
+    listing = [p.name for p in tiny_text_dir.iterdir()] + ["pytorch_model.bin", "flax_model.msgpack"]
+    asked = {}
+
+    class Api:
+        def list_repo_files(self, repo_id):
+            asked["listed"] = repo_id
+            return listing
+
+    def snapshot_download(repo_id, allow_patterns):
+        asked["repo"], asked["patterns"] = repo_id, allow_patterns
+        snapshot = tmp_path / "hf" / "snapshot"
+        shutil.copytree(tiny_text_dir, snapshot, ignore=shutil.ignore_patterns("model.safetensors"))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model, tokenizer, source = create_text_encoder("some-org/tiny-bert", pretrained=False)
+    assert source == str(tmp_path / "hf" / "snapshot") and model.config.hidden_size == 16
+    assert tokenizer is not None and asked["listed"] == asked["repo"] == "some-org/tiny-bert"
+    assert "config.json" in asked["patterns"] and "tokenizer_config.json" in asked["patterns"]
+    assert "model.safetensors" in asked["patterns"]
+    assert "pytorch_model.bin" not in asked["patterns"] and "flax_model.msgpack" not in asked["patterns"]
+
+
+def test_text_download_failure_and_offline_switch_are_one_line(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    _online(monkeypatch)
+
+    class Api:
+        def list_repo_files(self, repo_id):
+            raise OSError(f"404 Client Error: Repository Not Found for url: .../{repo_id}")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    with pytest.raises(WeightsNotFound) as info:
+        create_text_encoder("no-such-org/no-such-model")
+    message = str(info.value)
+    assert "\n" not in message and "hub download of 'no-such-org/no-such-model' (failed: 404" in message
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("no network probe when HF_HUB_OFFLINE is set")
+
+    monkeypatch.setattr(pretrained, "_reachable", boom)
+    with pytest.raises(WeightsNotFound, match=r"hub download \(skipped: HF_HUB_OFFLINE is set\)"):
+        create_text_encoder("no-such-org/no-such-model")

@@ -21,6 +21,13 @@ RECIPES = sorted(p.stem for p in (ROOT / "exp").glob("exp0[5-9]*.py"))
 SMALL_IMAGE = 64  # pixels, except where the architecture fixes its input (Swin: 224)
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch) -> None:
+    """The architectures build from the shipped configs: never a download, whatever the machine
+    reaches."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 def test_there_are_recipes() -> None:
     assert {"exp050", "exp051", "exp055", "exp056", "exp057"} <= set(RECIPES)
 

