@@ -76,10 +76,19 @@ def score_pairs(rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> RowSc
     if rows.size and (min(rows.min(), cols.min()) < 0 or max(rows.max(), cols.max()) >= n):
         raise ValueError(f"pair index outside 0..{n - 1}")
     keys = np.unique(rows * n + cols)
-    rows, cols = keys // n, keys % n
+    return score_distinct_pairs(keys // n, keys % n, labels)
+
+
+def score_distinct_pairs(
+    rows: np.ndarray, cols: np.ndarray, labels: np.ndarray, true: np.ndarray | None = None
+) -> RowScores:
+    """``score_pairs`` of pairs already known to be distinct and in range (no checks, no
+    de-duplication: the hot path of the threshold search); ``true``: each row's group size, when
+    the caller keeps it."""
+    n = len(labels)
     predicted = np.bincount(rows, minlength=n)
     hits = np.bincount(rows[labels[rows] == labels[cols]], minlength=n)
-    true = group_sizes(labels)
+    true = group_sizes(labels) if true is None else true
     f1 = 2 * hits / (predicted + true)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(predicted > 0, hits / np.maximum(predicted, 1), 0.0)

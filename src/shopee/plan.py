@@ -160,16 +160,13 @@ def estimate(cfg: Config, measured: dict[str, Any], train_rows: int) -> dict[str
     for m in MACHINES:
         rate = m.tflops * 1e12 * m.gpus
 
-        def seconds(n: int, flops: float, m: Machine = m, rate: float = rate) -> float:
-            gpu = n * flops / rate
-            cpu = n * (decode + tokenize) * CORE_SLOWDOWN / 1000 / m.cores
-            return max(gpu, cpu)
+        def gpu_and_cpu(n: int, flops: float, m: Machine = m, rate: float = rate) -> tuple[float, float]:
+            return n * flops / rate, n * (decode + tokenize) * CORE_SLOWDOWN / 1000 / m.cores
 
-        epoch = seconds(fold_train, measured["flops_train"]) + seconds(valid_rows, measured["flops_forward"])
-        dense = seconds(fold_train, measured["flops_forward"]) if cfg.dense_oof else 0.0
-        gpu_bound = fold_train * measured["flops_train"] / rate >= (
-            fold_train * (decode + tokenize) * CORE_SLOWDOWN / 1000 / m.cores
-        )
+        training = gpu_and_cpu(fold_train, measured["flops_train"])
+        epoch = max(training) + max(gpu_and_cpu(valid_rows, measured["flops_forward"]))
+        dense = max(gpu_and_cpu(fold_train, measured["flops_forward"])) if cfg.dense_oof else 0.0
+        gpu_bound = training[0] >= training[1]
         rows.append(
             {
                 "machine": m.name,

@@ -25,7 +25,7 @@ import pandas as pd
 
 from shopee.constants import OBJECTIVES, K
 from shopee.match import Pairs, combine, f1_by_threshold, member_candidates
-from shopee.metrics import MatchScore, RowScores, group_sizes
+from shopee.metrics import MatchScore, RowScores, group_sizes, score_distinct_pairs
 from shopee.oof import OOFSet, combined_embedding
 
 
@@ -229,17 +229,13 @@ class Scorer:
     def row_scores(self, params: dict[str, Any], universe: Universe) -> RowScores:
         candidates = {m["name"]: self.candidates(m, universe) for m in params["members"]}
         pairs = combine(params, candidates, universe.n, titles=universe.titles)
-        # combine's pairs are distinct and never a row with itself (``Pairs``): counting them is
-        # ``score_pairs`` of the pairs plus each row's self pair, without its de-duplication.
         if universe.name not in self._sizes:
             self._sizes[universe.name] = group_sizes(universe.labels)
-        true = self._sizes[universe.name]
-        hit = universe.labels[pairs.rows] == universe.labels[pairs.cols]
-        predicted = 1 + np.bincount(pairs.rows, minlength=universe.n)
-        hits = 1 + np.bincount(pairs.rows[hit], minlength=universe.n)
-        rows = slice(None) if universe.scored is None else universe.scored
-        predicted, hits, true = predicted[rows], hits[rows], true[rows]
-        return RowScores(2 * hits / (predicted + true), hits / predicted, hits / true)
+        # combine's pairs are distinct and never a row with itself (``Pairs``)
+        scores = score_distinct_pairs(*pairs.with_self(), universe.labels, self._sizes[universe.name])
+        if universe.scored is None:
+            return scores
+        return RowScores(*(getattr(scores, f)[universe.scored] for f in ("f1", "precision", "recall")))
 
     def score(self, params: dict[str, Any]) -> Scores:
         self.evaluations += 1

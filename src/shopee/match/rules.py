@@ -263,10 +263,6 @@ def _pairs_bytes(pairs: Pairs) -> int:
     return pairs.rows.nbytes + pairs.cols.nbytes + pairs.sims.nbytes
 
 
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(a).cast("B")).hexdigest()
-
-
 def _knn(x: np.ndarray, k: int, backend: str, device: str, queries: np.ndarray | None = None) -> Pairs:
     """``knn_pairs(x, k, queries=queries)``; a search from every row is remembered by the content
     of ``x`` (read-only arrays when kept). A search from some rows only is the final one of a
@@ -274,7 +270,8 @@ def _knn(x: np.ndarray, k: int, backend: str, device: str, queries: np.ndarray |
     if KNN_CACHE_BYTES <= 0 or queries is not None:
         return knn_pairs(x, k, backend=backend, device=device, queries=queries)
     x = np.ascontiguousarray(x)
-    key = (x.shape, str(x.dtype), _digest(x), int(k), backend, str(device))
+    digest = hashlib.sha256(memoryview(x).cast("B")).hexdigest()
+    key = (x.shape, str(x.dtype), digest, int(k), backend, str(device))
     found = _knn_cache.get(key)
     if found is not None:
         _knn_cache.move_to_end(key)

@@ -36,7 +36,7 @@ import pandas as pd
 from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
 from shopee.match import Pairs, top_k_pairs, union_pairs
-from shopee.metrics import group_sizes, score_pairs
+from shopee.metrics import group_sizes, score_distinct_pairs
 from shopee.pairwise.features import Candidates, candidates, feature_names, features, floors_of
 from shopee.scoring import Universe
 from shopee.size_curve import optimism
@@ -138,7 +138,7 @@ def match_from_probabilities(
 def _row_f1(s: PairSet, p: np.ndarray, threshold: float, min2: float | None) -> np.ndarray:
     u = s.universe
     pairs = match_from_probabilities(u.n, s.cands.a, s.cands.b, p, threshold, min2)
-    f1 = score_pairs(*pairs.with_self(), u.labels).f1
+    f1 = score_distinct_pairs(*pairs.with_self(), u.labels).f1  # matches are distinct pairs
     return f1 if u.scored is None else f1[u.scored]
 
 
