@@ -6,8 +6,8 @@ up to 15 epochs. This one: swin_large_patch4_window7_224 (timm's ms_in22k_ft_in1
 224 px and FacebookAI/xlm-roberta-base, learning rates 4e-5 (image) / 1e-5 (text) / 5e-4 (head),
 ArcFace m 0.5, s 32. Published CV F1: 0.877 (their folds, their matching).
 
-Differences, said plainly: they stopped early (patience 3); this file trains the 15 epochs (the
-pipeline has no early stopping yet). The two pooled features are concatenated and projected to
+Differences, said plainly: they stopped early (patience 3); this file trains the 15 epochs
+(--set early_stopping_patience=3 stops as they did). The two pooled features are concatenated and projected to
 2,048 (Linear + BN) before the head; their exact projection is not in the write-up. Weights come
 from the hub when the machine is online (or --set image_weights / text_weights): see the README.
 """

@@ -7,7 +7,7 @@ then one ArcFace head; CV F1 0.879 alone, 0.9005 for their four-model ensemble.
 Differences, said plainly: the diary's summary names neither the image model nor the fusion
 transformer's size; this file takes the 6th place's EfficientNet-B3 (exp053's learning rates and
 head) at 512 px, and two fusion layers 768 wide with 8 heads. Batch 16 as 8 x 2 accumulated
-steps; 15 epochs without early stopping.
+steps; 15 epochs (--set early_stopping_patience=3 to stop early).
 """
 
 from shopee import Config, run

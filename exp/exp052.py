@@ -3,8 +3,8 @@
 Source: the 6th-place write-up (as exp050): the same image model, recipe and head as exp050 with
 google-bert/bert-base-multilingual-uncased as the text model. Published CV F1: 0.875.
 
-Differences, as exp050: 15 epochs without early stopping; pooled features concatenated and
-projected to 2,048 before the ArcFace head.
+Differences, as exp050: 15 epochs (early stopping: --set early_stopping_patience=3); pooled
+features concatenated and projected to 2,048 before the ArcFace head.
 """
 
 from shopee import Config, run

@@ -5,8 +5,8 @@ Source: the 6th-place write-up (as exp050): tf_efficientnet_b3 (timm's ns_jft_in
 2e-4 (head), ArcFace m 0.5, s 50, AdamW with weight decay 0.1, batch 16. Published CV F1: 0.877.
 
 Differences: batch 16 is reached as 8 x 2 accumulated steps so that 560 px fits a 16 GB T4 (the
-update and the learning rates are those of batch 16); 15 epochs without early stopping; pooled
-features concatenated and projected to 2,048 before the head.
+update and the learning rates are those of batch 16); 15 epochs (early stopping: --set
+early_stopping_patience=3); pooled features concatenated and projected to 2,048 before the head.
 """
 
 from shopee import Config, run

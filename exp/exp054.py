@@ -3,8 +3,8 @@
 Source: the 6th-place write-up (as exp050): exp053's recipe with google-bert/bert-base-uncased as
 the text model. Published CV F1: 0.873.
 
-Differences, as exp053: batch 16 as 8 x 2 accumulated steps, 15 epochs without early stopping,
-pooled features projected to 2,048 before the head.
+Differences, as exp053: batch 16 as 8 x 2 accumulated steps, 15 epochs (early stopping: --set
+early_stopping_patience=3), pooled features projected to 2,048 before the head.
 """
 
 from shopee import Config, run

@@ -251,3 +251,35 @@ def test_cache_is_per_data_dir(
     load_folds(demo_copy, train)
     load_folds(other, train)
     assert len(list(cache_dir.rglob("folds-5.csv"))) == 2
+
+
+def test_a_split_made_elsewhere_is_installed_for_this_data(
+    small_demo_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The training kernel ships the user's fold split: installed beside the data, or in the cache
+    when the data is read-only (a Kaggle input), it is the split load_folds then reads; a data
+    folder already holding another split refuses it."""
+    from shopee.folds import CACHE_ENV, install_folds
+
+    train = read_split(small_demo_dir, "train", check_images=False)
+    made = load_folds(small_demo_dir, train)
+    shipped = tmp_path / "shipped.csv"
+    rotated = (made + 1) % 5  # any split other than the one this machine would compute
+    pd.DataFrame({"posting_id": train["posting_id"], "fold": rotated}).to_csv(shipped, index=False)
+
+    data = Path(shutil.copytree(small_demo_dir, tmp_path / "data", ignore=shutil.ignore_patterns("folds-*")))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    real_write = shopee.folds.write_csv
+
+    def read_only(path: Path, table: pd.DataFrame) -> None:  # as /kaggle/input (root ignores chmod)
+        if Path(path).parent == data:
+            raise OSError(30, "Read-only file system")
+        real_write(path, table)
+
+    monkeypatch.setattr(shopee.folds, "write_csv", read_only)
+    where = install_folds(data, train, shipped, 5)
+    assert str(where).startswith(str(tmp_path / "cache")) and not (data / "folds-5.csv").exists()
+    np.testing.assert_array_equal(load_folds(data, train), rotated)
+    writable = Path(shutil.copytree(small_demo_dir, tmp_path / "data2"))  # holds the split made here
+    with pytest.raises(DataError, match="another split than"):
+        install_folds(writable, train, shipped, 5)

@@ -435,3 +435,51 @@ def test_a_pair_model_that_lost_on_cv_is_not_shipped(trained, tmp_path: Path, ca
     dataset = kernels / "shopee-lost-dataset"
     assert not (dataset / "lost.pairs.txt").exists()
     assert "lightgbm" not in json.loads((dataset / "shopee-bundle.json").read_text())["requirements"]
+
+
+def test_a_kernel_of_full_data_models(trained, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--models full ships each experiment's full-data model with the rule tuned on its folds; the
+    notebook embeds with it; a bundle over Kaggle's time limit is refused unless forced."""
+    from shopee.kernel import runtime
+
+    out, data = trained
+    output = Path(shutil.copytree(out, tmp_path / "output"))
+    ensemble = output / "ensembles" / "t.json"
+    base = ["build-kernel", "--ensemble", str(ensemble), "--user", "tester", "--out", str(tmp_path / "k")]
+    base += ["--models", "full", "--name", "shopee-full"]
+    err = _run(base, capsys, code=2)
+    assert "exp001/full: not trained" in err and "python exp/exp001.py --fold full" in err
+    exp = [sys.executable, str(ROOT / "exp" / "exp001.py"), "--fold", "full", "--debug"]
+    subprocess.run([*exp, "--data", str(data), "--output", str(output)], check=True, capture_output=True)
+
+    monkeypatch.setattr(runtime, "KAGGLE_LIMIT_S", 60)
+    err = _run(base, capsys, code=2).strip().splitlines()
+    assert len(err) == 1 and "exceeds Kaggle's 2 hours" in err[0] and "--allow-over-time" in err[0]
+    assert not (tmp_path / "k" / "shopee-full").exists()
+    printed = _run([*base, "--allow-over-time"], capsys)
+    assert "estimated runtime on 70,000 test rows, GPU T4 x2" in printed
+
+    dataset = tmp_path / "k" / "shopee-full-dataset"
+    manifest = json.loads((dataset / MANIFEST).read_text())
+    assert manifest["folds"] == ["exp001/full"] and manifest["models"] == "full"
+    assert manifest["estimated_runtime_s"] > 60
+    bundled = json.loads((dataset / "ensemble.json").read_text())
+    tuned = json.loads(ensemble.read_text())
+    assert (
+        bundled["experiments"] == {"exp001": ["full"]} and bundled["tuned_on_folds"] == tuned["experiments"]
+    )
+    assert bundled["params"] == tuned["params"]  # the thresholds tuned on the folds, carried over
+    intro = "".join(
+        json.loads((tmp_path / "k" / "shopee-full" / "shopee-full.ipynb").read_text())["cells"][0]["source"]
+    )
+    assert "Full-data models" in intro and "exp001/full" in intro
+
+    work = tmp_path / "run"
+    printed = _run(
+        ["run-kernel", str(tmp_path / "k" / "shopee-full"), "--data", str(data), "--work", str(work)], capsys
+    )
+    assert "embed:exp001/full" in printed
+    cli = tmp_path / "cli.csv"
+    bundle = ["--ensemble", str(dataset / "ensemble.json"), "--output", str(dataset / "models")]
+    _run(["predict", *bundle, "--data", str(data), "--out", str(cli)], capsys)
+    assert (work / "working" / "submission.csv").read_text() == cli.read_text()

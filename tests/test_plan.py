@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shopee.cli import main
+from shopee.outputs import FoldRecord
 from shopee.plan import MACHINES, OPTIMIZER_BYTES, estimate, measure
 from shopee.runner import load_experiment
 
@@ -60,3 +61,51 @@ def test_plan_command_prints_its_table_and_one_json_line(capsys) -> None:
     # timm's eca_nfnet_l1 (38.3 M), the BN neck, and the ArcFace head: 3,072 x classes
     assert result["parameters"] == pytest.approx(38.3e6 + 3072 * 8_812, rel=0.01)
     assert len(result["machines"]) == len(MACHINES)
+
+
+def test_kernel_runtime_follows_its_cost_model(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """The README's demo ensemble (exp001 at 128 px, 2 folds, + exp003, 2 folds) priced by hand:
+    a pass takes max(decoding once, the busier GPU) + tokenizing + loading its models; matching
+    5 searches x 3 s + 54.7 s x 1.5; 138 s fixed."""
+    from shopee.config import Config
+    from shopee.kernel import runtime
+
+    rows = 70_000  # the README's per-row FLOPs (image + title) at 1 TFLOPS (depthwise) and 4 (text)
+    per_row = {"img": (0.25e9 + 0.69e9) / 1e12, "txt": 0.69e9 / 4e12}
+
+    def seconds(record: FoldRecord, cache: dict) -> float:
+        return per_row["img" if record.config.image_model else "txt"]
+
+    monkeypatch.setattr(runtime, "_forward_seconds", seconds)
+    image, text = Config(image_size=128), Config(image_model="", fusion="none")
+    records = [
+        FoldRecord(tmp_path / exp / f"fold{k}", {"exp": exp, "fold": k, "n_classes": 10}, cfg)
+        for exp, cfg in (("exp001", image), ("exp003", text))
+        for k in (0, 1)
+    ]
+    member = {"type": "embedding", "source": "x", "threshold": 0.5, "blend": []}
+    params = {"members": [{**member, "blend": [0.5, 0.6]}, member, member, {"type": "tfidf"}]}  # 5 searches
+    est = runtime.estimate_runtime(records, params)
+    decode, tokenize = rows * 2.26e-3 * 1.5 / 1.6, rows * 0.19e-3 * 1.5
+    assert [len(p["models"]) for p in est["passes"]] == [2, 2]  # folds reading the same batches share a pass
+    assert est["passes"][0]["seconds"] == pytest.approx(max(decode, rows * per_row["img"]) + tokenize + 6)
+    assert est["passes"][1]["seconds"] == pytest.approx(rows * per_row["txt"] + tokenize + 6)
+    assert est["matching_s"] == pytest.approx(5 * 3 + 54.7 * 1.5)
+    assert est["seconds"] == pytest.approx(est["embedding_s"] + est["matching_s"] + 138) and est["fits"]
+    assert est["seconds"] == pytest.approx(447, abs=2)  # the README: 174 + 38 + 97 + 138
+    one_gpu = runtime.estimate_runtime(records, params, gpus=1)
+    assert one_gpu["passes"][1]["gpu_s"] == pytest.approx(2 * est["passes"][1]["gpu_s"])
+    flipped = runtime.estimate_runtime(records, params, tta="flip")
+    assert flipped["passes"][0]["gpu_s"] == pytest.approx(2 * est["passes"][0]["gpu_s"])
+    assert flipped["passes"][1]["gpu_s"] == pytest.approx(est["passes"][1]["gpu_s"])  # no image to flip
+    half = runtime.estimate_runtime(records, params, rows=35_000)
+    assert half["matching_s"] == pytest.approx(5 * 3 / 4 + 54.7 * 1.5 / 2)  # kNN quadratic in rows
+
+
+def test_depthwise_convolutions_are_recognized() -> None:
+    """The runtime estimate prices a model with depthwise convolutions at the slower rate."""
+    from shopee.config import Config
+
+    lite = measure(Config(image_size=64, text_model="", fusion="none"), 10, backward=False)
+    text = measure(Config(image_model="", fusion="none"), 10, backward=False)
+    assert lite["depthwise"] and not text["depthwise"] and lite["flops_forward"] > 0

@@ -292,3 +292,92 @@ def test_runs_are_tracked_in_mlflow_and_listed_from_the_outputs(demo_copy: Path,
     rows = json.loads(listed.stdout.strip().splitlines()[-1])["folds"]
     assert [(r["exp"], r["fold"], r["epochs"]) for r in rows] == [("exp003", 0, 2)]
     assert rows[0]["cv_f1"] == run.data.metrics["cv_f1"]
+
+
+def _scripted_f1(monkeypatch: pytest.MonkeyPatch, f1s: list[float]) -> list[np.ndarray]:
+    """Make the per-epoch CV F1 follow ``f1s`` (fold by fold, epoch by epoch); the embeddings each
+    call scored are returned, in order."""
+    import shopee.train
+
+    scored: list[np.ndarray] = []
+    real = shopee.train.evaluate_embeddings
+
+    def scripted(embeddings: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float]:
+        scored.append(np.array(embeddings))
+        return {**real(embeddings, labels, k), "f1": f1s[len(scored) - 1]}
+
+    monkeypatch.setattr(shopee.train, "evaluate_embeddings", scripted)
+    return scored
+
+
+def _tiny_text_config(text_dir: Path, **changes):
+    from shopee.config import Config
+
+    return Config(
+        image_model="",
+        text_model=str(text_dir),
+        text_pretrained=False,
+        fusion="none",
+        batch_size=8,
+        num_workers=0,
+        lr_text=1e-3,
+        lr_head=1e-2,
+        dense_oof=False,
+        **changes,
+    )
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(
+    demo_copy: Path, text_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shopee.outputs import FoldRecord
+    from shopee.train import train_fold
+
+    cfg = _tiny_text_config(text_dir, epochs=8, early_stopping_patience=2)
+    scored = _scripted_f1(monkeypatch, [0.50, 0.70, 0.60, 0.65, 0.90, 0.95])
+    summary = train_fold(cfg, "es", 0, demo_copy, tmp_path / "output")
+    fold = tmp_path / "output" / "es" / "fold0"
+    metrics = json.loads((fold / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4]  # 2 epochs without a gain: stop
+    assert metrics["best_epoch"] == 2 and summary["cv_f1"] == 0.70
+    assert metrics["summary"] == summary
+    assert not (fold / "best.pt").exists() and not (fold / "last.pt").exists()
+    # the OOF embeddings are those of epoch 2's weights, not of the last epoch's
+    oof = FoldRecord.open(fold).oof("txt")
+    np.testing.assert_allclose(oof, scored[1], atol=1e-6)
+    assert not np.allclose(oof, scored[3], atol=1e-4)
+    log = (fold / "train.log").read_text()
+    assert "early stopping: no better CV F1 for 2 epochs since epoch 2" in log
+    assert "keeping the weights of epoch 2" in log
+
+
+def test_full_data_run_takes_its_epochs_from_the_cv_folds(
+    demo_copy: Path, text_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shopee.errors import ShopeeError
+    from shopee.outputs import FoldRecord, finished_folds, is_finished
+    from shopee.train import train_fold
+
+    out = tmp_path / "output"
+    cfg = _tiny_text_config(text_dir, epochs=6, early_stopping_patience=1)
+    with pytest.raises(ShopeeError, match="train the folds first, or --set full_epochs=N"):
+        train_fold(cfg, "es", "full", demo_copy, out)
+    # fold 0 peaks at epoch 2, fold 1 at epoch 3: the full run trains round(2.5) = 3 epochs
+    _scripted_f1(monkeypatch, [0.5, 0.6, 0.4, 0.5, 0.6, 0.7, 0.6])
+    train_fold(cfg, "es", 0, demo_copy, out)
+    train_fold(cfg, "es", 1, demo_copy, out)
+    summary = train_fold(cfg, "es", "full", demo_copy, out)
+    full = out / "es" / "full"
+    assert summary["fold"] == "full" and summary["epochs"] == 3 and summary["cv_f1"] is None
+    assert is_finished(full) and not (full / "oof_index.parquet").exists()
+    record = FoldRecord.open(full)
+    assert record.is_full and record.name == "es/full"
+    assert record.meta["n_train"] == len(read_split(demo_copy, "train", check_images=False))
+    assert "median best epoch of the CV folds (fold 0: 2, fold 1: 3)" in record.meta["epochs_from"]
+    assert len(record.metrics["epochs"]) == 3 and "cv_f1" not in record.metrics["epochs"][0]
+    assert finished_folds(out, "es")[0] == [0, 1]  # the full run is no fold of the CV
+    # a fixed number of epochs needs no CV folds; more than the schedule holds is refused
+    fixed = train_fold(cfg.with_overrides(["full_epochs=2"]), "fixed", "full", demo_copy, out)
+    assert fixed["epochs"] == 2
+    with pytest.raises(ShopeeError, match="full_epochs=9 exceeds the schedule's 6 epochs"):
+        train_fold(cfg.with_overrides(["full_epochs=9"]), "fixed", "full", demo_copy, out, overwrite=True)

@@ -16,12 +16,15 @@ from shopee.cli_args import DATA_HELP, add_backend, positive_int
 from shopee.constants import (
     FOLD_COMBINATIONS,
     IMAGE_POLICIES,
+    MODEL_CHOICES,
     OBJECTIVES,
     PREDICT_IMAGE_POLICIES,
     TEST_ROWS,
 )
 from shopee.data import SPLITS, find_data_dir, read_split
 from shopee.errors import ShopeeError, exit_code
+from shopee.fetch import add_fetch_parser
+from shopee.kaggle_gpu.commands import add_kaggle_parser
 from shopee.outputs import WEIGHT_FORMATS
 from shopee.plan import add_plan_parser
 
@@ -176,6 +179,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         timings=timings,
         devices=parse_devices(args.devices),
         by_size=not args.fixed_thresholds,
+        models=args.models,
     )
     write_submission(submission, Path(args.out))
     print_timings(timings)
@@ -215,6 +219,8 @@ def _cmd_build_kernel(args: argparse.Namespace) -> None:
         strict=args.strict,
         overwrite=args.overwrite,
         weights=args.weights,
+        models=args.models,
+        allow_over_time=args.allow_over_time,
     )
     m = kernel.manifest
     size = size_mib(m)
@@ -291,6 +297,16 @@ def _add_tta(parser: argparse.ArgumentParser) -> None:
         default="none",
         type=str.lower,
         help="test-time augmentation: flip also embeds mirrored images and averages [%(default)s]",
+    )
+
+
+def _add_models(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models",
+        choices=MODEL_CHOICES,
+        default="folds",
+        help="embed with the ensemble's fold models, or with each experiment's full-data model "
+        "(python exp/EXP.py --fold full; the thresholds are the folds' carried over) [%(default)s]",
     )
 
 
@@ -449,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="devices sharing the fold models, e.g. cuda:0,cuda:1 [every visible GPU, else the CPU]",
     )
     _add_tta(pred)
+    _add_models(pred)
     add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
 
@@ -488,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp16",
         help="fold weights in the bundle, inference only (no margin head): fp16 halves them [%(default)s]",
     )
+    _add_models(kern)
+    kern.add_argument(
+        "--allow-over-time",
+        action="store_true",
+        help="build even when the estimated runtime on 70,000 rows (T4 x2) exceeds Kaggle's 2 hours",
+    )
     kern.add_argument("--strict", action="store_true", help="refuse to build from uncommitted changes")
     kern.add_argument("--overwrite", action="store_true", help="replace folders holding another kernel")
     add_backend(kern)
@@ -523,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(func=_cmd_demo_summary)
 
     add_plan_parser(sub)
+    add_fetch_parser(sub)
+    add_kaggle_parser(sub)
     try:  # a Kaggle bundle leaves the benchmarks out
         from shopee.bench.cli import add_bench_parser
     except ImportError:

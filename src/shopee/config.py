@@ -18,7 +18,15 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from shopee.constants import AMP_MODES, DEFAULT_EMBED_DIM, HEADS, IMAGE_POLICIES, TFIDF_TEXT_MODEL, K
+from shopee.constants import (
+    AMP_MODES,
+    DEFAULT_EMBED_DIM,
+    FULL_FOLD,
+    HEADS,
+    IMAGE_POLICIES,
+    TFIDF_TEXT_MODEL,
+    K,
+)
 from shopee.errors import ShopeeError
 
 
@@ -96,6 +104,12 @@ class Config:
     accum_steps: int = 1
     batch_size: int = 32
     epochs: int = 6  # used when `stages` is empty: one stage training everything
+    # Stop a fold when its CV F1 has not improved for this many epochs and keep the best epoch's
+    # weights (0 = train every epoch of the schedule).
+    early_stopping_patience: int = 0
+    # Epochs of a full-data run (--fold full) on the fold's schedule; 0 = as the CV runs: the median
+    # best epoch of the finished folds with early stopping, else every epoch of the schedule.
+    full_epochs: int = 0
     stages: list[dict[str, Any]] = field(default_factory=list)
     amp: str = "auto"  # mixed precision on CUDA: auto, bf16, fp16, off (fp32 on CPU; see runtime)
     channels_last: bool = True  # on CUDA
@@ -191,6 +205,9 @@ class Config:
             )
         if self.margin_ramp_epochs < 0:
             raise ConfigError(f"margin_ramp_epochs={self.margin_ramp_epochs} must be >= 0")
+        for key in ("early_stopping_patience", "full_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 0")
         if self.epochs < 1 and not self.stages:
             raise ConfigError(f"epochs={self.epochs} must be at least 1")
         if self.min_per_class > self.max_per_class or self.min_per_class < 1:
@@ -342,8 +359,11 @@ def stages_of(cfg: Config) -> list[Stage]:
     return [parse_stage(s, i) for i, s in enumerate(cfg.stages)]
 
 
-def check_fold(fold: int, n_folds: int) -> int:
-    if not 0 <= fold < n_folds:
+def check_fold(fold: int | str, n_folds: int) -> int | str:
+    """``fold`` if it is a fold of ``n_folds`` (or ``full``, the run on every row)."""
+    if fold == FULL_FOLD:
+        return fold
+    if not 0 <= int(fold) < n_folds:
         raise ConfigError(f"--fold {fold} is out of range: n_folds={n_folds} gives folds 0..{n_folds - 1}")
     return fold
 

@@ -12,6 +12,10 @@ COMPETITION = "shopee-product-matching"  # Kaggle's slug: data folder name and k
 K = 51  # a Shopee group has at most 51 postings: neighbours searched per row, itself included
 MAX_OTHERS = K - 1  # so a row matches at most 50 others
 TEST_ROWS = 70000  # about the hidden test's size: benchmarks and the thresholds-by-size report
+# A run on every train row (``--fold full``): trained like a fold, validated on nothing, shipped
+# instead of the fold models when a kernel asks for it (``output/<exp>/full/``).
+FULL_FOLD = "full"
+MODEL_CHOICES = ("folds", FULL_FOLD)  # what predict and a kernel embed with
 
 # --- names a config or a command chooses from -----------------------------------------------------
 IMAGE_POLICIES = ("error", "skip", "blank")  # a missing or unreadable image: stop, drop, blank it

@@ -20,6 +20,8 @@
                                      # "shipped" (false: tried, lost to the rule; predict ignores it);
                                      # directed pairs with query-side features since 2026-12
      "fold_combination": "mean_embedding",   # how predict combines fold models (constants)
+     "models": "folds",              # or "full": each experiment's full-data model instead
+                                     # (``with_full_models``; "experiments" then lists "full")
      "cv_f1_at_rows": {...},         # the F1 expected at a test's row count (size_curve.f1_at)
      "scores": {...}, "members": {...}, "steps": [...], "skipped": [...], ...}
 
@@ -39,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from shopee.atomic import write_json
-from shopee.constants import FOLD_COMBINATIONS, OBJECTIVES
+from shopee.constants import FOLD_COMBINATIONS, FULL_FOLD, OBJECTIVES
 from shopee.errors import ShopeeError
 from shopee.folds import DataFingerprint
 from shopee.match import validate_params
@@ -87,8 +89,13 @@ def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
     if not isinstance(experiments, dict) or not experiments:
         _fail(where, "experiments", f"expected an object of experiment -> folds, got {experiments!r}")
     for exp, folds in experiments.items():
-        if not isinstance(folds, list) or not folds or not all(isinstance(f, int) and f >= 0 for f in folds):
-            _fail(where, f"experiments.{exp}", f"expected a non-empty list of fold numbers, got {folds!r}")
+        fold_numbers = all(isinstance(f, int) and f >= 0 for f in folds) if isinstance(folds, list) else False
+        if not folds or not (fold_numbers or folds == [FULL_FOLD]):
+            _fail(
+                where,
+                f"experiments.{exp}",
+                f'expected a non-empty list of fold numbers or ["full"], got {folds!r}',
+            )
     data = ensemble.get("data")
     try:
         DataFingerprint.from_dict(data)  # type: ignore[arg-type]
@@ -219,6 +226,23 @@ def expected_f1(ensemble: dict[str, Any], n: int, pair_model: bool = True) -> di
 def fold_combination(ensemble: dict[str, Any]) -> str:
     """How predict combines an experiment's fold models (``FOLD_COMBINATIONS``)."""
     return ensemble.get("fold_combination", FOLD_COMBINATIONS[0])
+
+
+def with_full_models(ensemble: dict[str, Any]) -> dict[str, Any]:
+    """The ensemble with each experiment's full-data model (``--fold full``) in place of its fold
+    models. The matching rule, the size curve and the pair model stay as tuned on the fold models'
+    out-of-fold embeddings: nothing scores a full-data model (it trained on every labelled row), so
+    its thresholds are the fold models' carried over, as the published solutions did."""
+    if ensemble.get("models") == FULL_FOLD:
+        return ensemble
+    return {
+        **ensemble,
+        "experiments": {exp: [FULL_FOLD] for exp in ensemble["experiments"]},
+        "models": FULL_FOLD,
+        "tuned_on_folds": ensemble["experiments"],
+        "models_note": "full-data models; thresholds tuned on the fold models' out-of-fold embeddings, "
+        "carried over unscored",
+    }
 
 
 def ensemble_data(ensemble: dict[str, Any]) -> DataFingerprint:

@@ -93,6 +93,28 @@ def load_folds(data_dir: str | Path, train: pd.DataFrame, n_folds: int = 5) -> n
     return folds
 
 
+def install_folds(data_dir: str | Path, train: pd.DataFrame, source: str | Path, n_folds: int = 5) -> Path:
+    """Make ``source``, a folds file made on another machine (the training kernel ships the user's),
+    the split ``load_folds`` reads for ``data_dir``: checked against ``train``, then written where
+    ``load_folds`` looks first that is writable. Another scikit-learn could split differently, and
+    folds must be the same everywhere the models of one ensemble are trained."""
+    data_dir = Path(data_dir)
+    folds = _read_folds(Path(source), train, n_folds)
+    table = pd.DataFrame({"posting_id": train["posting_id"], "fold": folds})
+    local = data_dir / folds_filename(n_folds)
+    if local.is_file():
+        if not np.array_equal(_read_folds(local, train, n_folds), folds):
+            raise DataError(f"{local}: another split than {source}; delete one of them")
+        return local
+    try:
+        write_csv(local, table)
+        return local
+    except OSError:
+        cached = _cache_path(data_dir, n_folds)
+        write_csv(cached, table)
+        return cached
+
+
 def _rows_sha256(keys: pd.Series, values: np.ndarray) -> str:
     """sha256 of ``key<TAB>value`` lines sorted by key: the same whatever the row order."""
     order = np.argsort(keys.to_numpy(dtype=str), kind="stable")

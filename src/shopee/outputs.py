@@ -16,6 +16,9 @@ directory that looks finished. ``fold<k>/`` holds:
   L2-normalized float16: what the dense CV objective matches the validation rows against;
 - ``metrics.json`` (``finished``, ``kinds``, ``summary``, per-epoch ``epochs``) and ``train.log``.
 
+A full-data run (``--fold full``) writes ``<output>/<exp>/full/`` the same way, without the
+out-of-fold and dense files (every row was trained on), with ``full_data`` in its metrics.
+
 Everything else (OOF loading, ``predict``, the kernel bundle, summaries) reads a fold through
 ``FoldRecord``.
 """
@@ -34,7 +37,7 @@ import pandas as pd
 
 from shopee.atomic import atomic_path, write_json
 from shopee.config import Config, embedding_kinds
-from shopee.constants import TFIDF_TEXT_MODEL
+from shopee.constants import FULL_FOLD, TFIDF_TEXT_MODEL
 from shopee.errors import ShopeeError
 from shopee.folds import DataFingerprint, fingerprint_of_dir
 
@@ -51,18 +54,27 @@ METRICS_FILE = "metrics.json"
 LOG_FILE = "train.log"
 MODEL_FILES = (CONFIG_FILE, MODEL_FILE)  # what rebuilding the model needs
 BUNDLE_FILES = (*MODEL_FILES, METRICS_FILE)  # what a Kaggle bundle ships of a fold
-REQUIRED_FILES = (CONFIG_FILE, MODEL_FILE, INDEX_FILE, METRICS_FILE, LOG_FILE)
+FULL_REQUIRED_FILES = (CONFIG_FILE, MODEL_FILE, METRICS_FILE, LOG_FILE)  # a full-data run: no OOF
+REQUIRED_FILES = (*FULL_REQUIRED_FILES, INDEX_FILE)
 HEAD_PREFIX = "heads."  # the margin heads' tensors: training needs them, matching never does
 WEIGHT_FORMATS = ("fp16", "fp32")
 FP16_MIN_ELEMENTS = 4096  # smaller tensors (biases, norms, BatchNorm statistics) stay float32
 
 
-def fold_dir(output: str | Path, exp: str, fold: int) -> Path:
-    return Path(output) / exp / f"fold{fold}"
+Fold = int | str  # a fold number, or FULL_FOLD for the run on every row
 
 
-def partial_dir(output: str | Path, exp: str, fold: int) -> Path:
-    return Path(output) / exp / f"fold{fold}.partial"
+def fold_name(fold: Fold) -> str:
+    """``fold3``, or ``full`` for the full-data run."""
+    return FULL_FOLD if fold == FULL_FOLD else f"fold{int(fold)}"
+
+
+def fold_dir(output: str | Path, exp: str, fold: Fold) -> Path:
+    return Path(output) / exp / fold_name(fold)
+
+
+def partial_dir(output: str | Path, exp: str, fold: Fold) -> Path:
+    return Path(output) / exp / f"{fold_name(fold)}.partial"
 
 
 def oof_file(kind: str) -> str:
@@ -84,14 +96,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def is_finished(path: Path) -> bool:
-    """A fold directory with every output and ``finished`` in its metrics."""
-    if not all((path / name).is_file() for name in REQUIRED_FILES):
+    """A fold directory with every output and ``finished`` in its metrics (a full-data run has
+    no out-of-fold files)."""
+    if not all((path / name).is_file() for name in FULL_REQUIRED_FILES):
         return False
     try:
         metrics = json.loads((path / METRICS_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return bool(metrics.get("finished")) and all(
+    if not metrics.get("finished"):
+        return False
+    if metrics.get("full_data"):
+        return True
+    return (path / INDEX_FILE).is_file() and all(
         (path / oof_file(kind)).is_file() for kind in metrics.get("kinds", [])
     )
 
@@ -149,13 +166,19 @@ class FoldRecord:
         return str(self.meta.get("exp", self.path.parent.name))
 
     @property
-    def fold(self) -> int:
-        return int(self.meta.get("fold", self.path.name[4:]))
+    def fold(self) -> Fold:
+        fold = self.meta.get("fold", FULL_FOLD if self.path.name == FULL_FOLD else self.path.name[4:])
+        return FULL_FOLD if fold == FULL_FOLD else int(fold)
+
+    @property
+    def is_full(self) -> bool:
+        """Trained on every train row (``--fold full``): no out-of-fold predictions."""
+        return self.fold == FULL_FOLD
 
     @property
     def name(self) -> str:
-        """``exp003/fold0``."""
-        return f"{self.exp}/fold{self.fold}"
+        """``exp003/fold0`` (``exp003/full``)."""
+        return f"{self.exp}/{fold_name(self.fold)}"
 
     @property
     def debug(self) -> bool:
@@ -397,3 +420,9 @@ def write_fold(
             save_array(work / dense_file(kind), np.asarray(array, dtype=np.float16))
     write_json(work / CONFIG_FILE, dict(meta))
     write_json(work / METRICS_FILE, {**metrics, "finished": True, "kinds": list(embeddings)})
+
+
+def write_full(work: Path, *, meta: Mapping[str, Any], metrics: Mapping[str, Any], kinds: list[str]) -> None:
+    """A full-data run's ``config.json`` and ``metrics.json`` (last: finished once written)."""
+    write_json(work / CONFIG_FILE, dict(meta))
+    write_json(work / METRICS_FILE, {**metrics, "finished": True, "full_data": True, "kinds": kinds})

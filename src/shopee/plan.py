@@ -88,8 +88,9 @@ def _decode_ms(size: int) -> float:
     return float(np.interp(size, sizes, [DECODE_MS[s] for s in sizes]))
 
 
-def measure(cfg: Config, n_classes: int, sample_batch: int = 2) -> dict[str, Any]:
-    """Parameters, FLOPs and activation bytes per sample of ``cfg``'s architecture (random weights)."""
+def measure(cfg: Config, n_classes: int, sample_batch: int = 2, backward: bool = True) -> dict[str, Any]:
+    """Parameters, FLOPs and (``backward``) activation bytes per sample of ``cfg``'s architecture
+    (random weights)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from shopee.models import ShopeeModel
@@ -113,6 +114,17 @@ def measure(cfg: Config, n_classes: int, sample_batch: int = 2) -> dict[str, Any
     with counter, torch.no_grad():
         model(_batch(model, cfg, sample_batch))
     forward = counter.get_total_flops()
+    if not backward:
+        depthwise = any(
+            isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+            for m in model.modules()
+        )
+        return {
+            "parameters": params,
+            "trained": trained,
+            "flops_forward": forward / sample_batch,
+            "depthwise": depthwise,
+        }
     seen = {p.untyped_storage().data_ptr() for p in model.parameters()}  # weights are no activations
     saved = 0
 

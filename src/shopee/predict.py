@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from shopee.atomic import write_csv
-from shopee.constants import FOLD_COMBINATIONS, PREDICT_IMAGE_POLICIES
+from shopee.constants import FOLD_COMBINATIONS, FULL_FOLD, PREDICT_IMAGE_POLICIES
 from shopee.data import read_split
 from shopee.embed import embed_rows
 from shopee.ensemble_file import (
@@ -34,6 +34,7 @@ from shopee.ensemble_file import (
     params_for_rows,
     read_ensemble,
     shipped_pair_model,
+    with_full_models,
 )
 from shopee.errors import ShopeeError
 from shopee.folds import train_sha256
@@ -55,8 +56,9 @@ def ensemble_records(ensemble: dict[str, Any], output: Path) -> list[FoldRecord]
         for fold in folds:
             path = fold_dir(output, exp, fold)
             if not path.is_dir():
+                train = f"python exp/{exp}.py --fold {fold}"
                 raise ShopeeError(
-                    f"{path}: not trained; the ensemble needs this fold (train it, or tune without it)"
+                    f"{path}: not trained; the ensemble needs this model ({train}, or tune without it)"
                 )
             record = FoldRecord.open(path).require(why="the ensemble needs this fold's model")
             if record.data != tuned_on:
@@ -212,6 +214,7 @@ def predict(
     timings: dict[str, float] | None = None,
     devices: Sequence[torch.device] | None = None,
     by_size: bool = True,
+    models: str = "folds",
 ) -> pd.DataFrame:
     """``posting_id, matches`` for every row of ``split`` (or the first ``limit`` rows, whole
     groups on train); ``output`` is the experiments' root (default: the folder above
@@ -220,13 +223,17 @@ def predict(
     ``by_size`` the thresholds are the ensemble's size curve evaluated at the number of rows
     (``ensemble_file.params_for_rows``); they are printed.
     An image that will not open stops the run (``error``) or is replaced by a blank one
-    (``blank``); ``skip`` is refused, since it would leave rows out of the submission."""
+    (``blank``); ``skip`` is refused, since it would leave rows out of the submission.
+    ``models="full"`` embeds with each experiment's full-data model instead of its fold models
+    (``ensemble_file.with_full_models``)."""
     if image_policy not in PREDICT_IMAGE_POLICIES:
         raise ShopeeError(
             f"image policy {image_policy!r}: predicting takes {' or '.join(PREDICT_IMAGE_POLICIES)} "
             "(skip would leave rows out of the submission)"
         )
     ensemble = read_ensemble(ensemble_path)
+    if models == FULL_FOLD:
+        ensemble = with_full_models(ensemble)
     output = output or Path(ensemble_path).resolve().parent.parent
     records = ensemble_records(ensemble, output)
     note = check_data_dir(ensemble, data_dir)

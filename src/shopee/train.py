@@ -32,7 +32,8 @@ import torch
 import transformers
 
 from shopee.atomic import atomic_path, replace_dir, write_json
-from shopee.config import Config, check_fold, embedding_kinds, stages_of
+from shopee.config import Config, Stage, check_fold, embedding_kinds, stages_of
+from shopee.constants import FULL_FOLD
 from shopee.data import read_split
 from shopee.dataset import PostingDataset, dataset_for, make_loader
 from shopee.distributed import Dist
@@ -45,7 +46,18 @@ from shopee.models import ShopeeModel
 from shopee.models.contrastive import bounded_kmeans, proto_nce, size_band
 from shopee.models.heads import margin_at
 from shopee.optim import build_optimizer, freeze_batchnorm_stats, set_trainable, stage_scheduler
-from shopee.outputs import MODEL_FILE, FoldRecord, fold_dir, is_finished, partial_dir, write_fold
+from shopee.outputs import (
+    MODEL_FILE,
+    Fold,
+    FoldRecord,
+    finished_folds,
+    fold_dir,
+    fold_name,
+    is_finished,
+    partial_dir,
+    write_fold,
+    write_full,
+)
 from shopee.progress import Progress
 from shopee.runtime import Runtime
 from shopee.sampling import epoch_indices, epoch_length
@@ -97,11 +109,11 @@ def effective_config(cfg: Config, debug: bool) -> Config:
     return dataclasses.replace(cfg, image_size=min(cfg.image_size, cfg.debug_image_size), num_workers=0)
 
 
-def load_fold_data(cfg: Config, data_dir: Path, fold: int, debug: bool) -> FoldData:
-    """The fold's training and validation rows. Folds are made from every row of train.csv, so
-    all experiments share them; with ``image_policy="skip"`` rows whose image is unusable are then
-    left out of training only (validation rows keep a blank image, so that every experiment scores
-    the same rows)."""
+def load_fold_data(cfg: Config, data_dir: Path, fold: Fold, debug: bool) -> FoldData:
+    """The fold's training and validation rows (``full``: every row trains, none validates).
+    Folds are made from every row of train.csv, so all experiments share them; with
+    ``image_policy="skip"`` rows whose image is unusable are then left out of training only
+    (validation rows keep a blank image, so that every experiment scores the same rows)."""
     needs_images = bool(cfg.image_model)
     policy = "blank" if cfg.image_policy == "skip" else cfg.image_policy
     train = read_split(data_dir, "train", image_policy=policy, check_images=needs_images)  # type: ignore[arg-type]
@@ -112,17 +124,17 @@ def load_fold_data(cfg: Config, data_dir: Path, fold: int, debug: bool) -> FoldD
     check_fold(fold, cfg.n_folds)
     folds = load_folds(data_dir, train, cfg.n_folds)
     fingerprint = DataFingerprint.of(train, folds, cfg.n_folds)
-    valid = train.loc[folds == fold].reset_index(drop=True)
+    in_training = np.ones(len(train), dtype=bool) if fold == FULL_FOLD else folds != fold
+    valid = train.loc[~in_training].reset_index(drop=True)
     valid["fold"] = fold
     if debug and cfg.debug_val_rows:
         valid = valid.iloc[: cfg.debug_val_rows].reset_index(drop=True)
-    in_training = folds != fold
+    dense = train.loc[in_training].reset_index(drop=True)
     skipped = 0
     if cfg.image_policy == "skip" and needs_images:
         usable = train["image_ok"].to_numpy(dtype=bool)
         skipped = int((in_training & ~usable).sum())
         in_training &= usable
-    dense = train.loc[folds != fold].reset_index(drop=True)
     trn = train.loc[in_training].reset_index(drop=True)
     codes, uniques = pd.factorize(trn["label_group"])
     return FoldData(trn, valid, codes.astype(np.int64), len(uniques), fingerprint, dense, skipped)
@@ -170,10 +182,73 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "timm": timm.__version__, "transformers": transformers.__version__}
 
 
+@dataclass
+class FoldRun:
+    """One fold's training between the phases of ``train_fold``: what ``_prepare`` set up, the
+    epochs' history and the latest validation embeddings."""
+
+    cfg: Config
+    exp: str
+    fold: Fold
+    debug: bool
+    data: FoldData
+    dist: Dist
+    work: Path
+    log: Logger
+    runtime: Runtime
+    model: ShopeeModel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    stepper: Stepper
+    train_ds: PostingDataset
+    stages: list[Stage]
+    epochs: int  # epochs to train: the schedule's, or a full-data run's share of it
+    epochs_from: str  # where ``epochs`` came from (said in the log and the fold's config)
+    checkpoint: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    start_epoch: int = 0
+    embeddings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # validation rows
+
+    @property
+    def full(self) -> bool:
+        return self.fold == FULL_FOLD
+
+    @property
+    def said(self) -> str:
+        """``fold 3`` or ``full`` in log lines."""
+        return FULL_FOLD if self.full else f"fold {self.fold}"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.work / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.work / "best.pt"  # the best epoch's weights, kept with early stopping
+
+    @property
+    def scheduled(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    def embed(self, rows: pd.DataFrame, desc: str) -> dict[str, np.ndarray]:
+        """The model's embeddings of ``rows``; sharded over the processes and gathered in order."""
+        block = self.dist.row_block(len(rows)) if self.dist.enabled else None
+        loader = make_loader(
+            dataset_for(self.cfg, self.model, rows),
+            self.cfg.eval_batch_size,
+            block,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.runtime.pin_memory,
+        )
+        log = self.log
+        (out,) = embed_many([self.model], loader, self.runtime, desc=desc, log=log, log_with_bar=log.file)
+        return {k: self.dist.gather_rows(v, len(rows)) for k, v in out.items()}
+
+
 def train_fold(
     cfg: Config,
     exp: str,
-    fold: int,
+    fold: Fold,
     data_dir: Path,
     output: Path,
     *,
@@ -182,7 +257,8 @@ def train_fold(
     overwrite: bool = False,
     code_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Train ``exp`` on ``fold`` and return its summary (the last line the runner prints)."""
+    """Train ``exp`` on ``fold`` (or on every row: ``full``) and return its summary (the last line
+    the runner prints). Phases: prepare (data, model, work folder), resume, epochs, embed, write."""
     started = time.perf_counter()
     final = fold_dir(output, exp, fold)
     if is_finished(final) and not overwrite:
@@ -190,13 +266,131 @@ def train_fold(
         if not (record.debug and not debug):  # a real run replaces a smoke run's outputs
             print(f"{final}: already finished (pass --overwrite to train it again)", flush=True)
             return record.summary
+    run = _prepare(cfg, exp, fold, data_dir, output, debug=debug, resume=resume)
+    _resume_or_introduce(run)
+    commit = git_commit(code_dir or Path.cwd())
+    tracker = Tracker.start(
+        output,
+        exp,
+        fold_name(fold) + (" debug" if debug else ""),
+        run.cfg.to_dict(),
+        {
+            "exp": exp,
+            "fold": fold,
+            "git_commit": commit,
+            "output": str(final.resolve()),
+            "data": run.data.fingerprint.short(),
+            "processes": run.dist.world,
+            "debug": debug,
+            "resumed_after_epoch": run.start_epoch,
+        },
+        enabled=run.dist.is_main,
+    )
+    _train_epochs(run, tracker)
+    best = _restore_best(run)
+    embeddings, dense, dense_seconds = _final_embeddings(run)
+    summary = _run_summary(run, best, time.perf_counter() - started)  # after a resume: since it
+    tracker.metrics(
+        {"cv_f1": summary["cv_f1"], "minutes": summary["seconds"] / 60, "dense_seconds": dense_seconds}
+    )
+    tracker.end()
+    if run.dist.is_main:  # rank 0 writes the outputs; the others wait for them, then leave
+        meta = _fold_meta(run, data_dir, commit)
+        metrics = {"exp": exp, "fold": fold, "summary": summary, "epochs": run.history, "best_epoch": best}
+        _write_outputs(run, final, meta, {**metrics, "dense_seconds": dense_seconds}, embeddings, dense)
+    run.dist.barrier()
+    run.dist.close()
+    if run.dist.is_main:
+        line = _done_line(run, summary, best)
+        print(line, flush=True)
+        Logger(final / "train.log").file(line)
+    return summary
+
+
+def _run_summary(run: FoldRun, best: int, seconds: float) -> dict[str, Any]:
+    """The runner's last line: the kept epoch's CV F1 (a full-data run has none)."""
+    if run.full:
+        return {
+            "exp": run.exp,
+            "fold": FULL_FOLD,
+            "cv_f1": None,
+            "epochs": len(run.history),
+            "seconds": round(seconds, 1),
+        }
+    return _summary(run.exp, run.fold, run.history[best - 1]["scores"], seconds)
+
+
+def _done_line(run: FoldRun, summary: dict[str, Any], best: int) -> str:
+    trained = len(run.history)
+    if run.full:
+        return f"{run.exp} full done: {trained} epochs on all {len(run.data.train)} rows ({run.epochs_from})"
+    kept = f", epoch {best} of {trained}" if best != trained else ""
+    return (
+        f"{run.exp} fold {run.fold} done: CV F1 {summary['cv_f1']:.4f} "
+        f"({summary['kind']} at {summary['threshold']:.2f}{kept})"
+    )
+
+
+def _prepare(
+    cfg: Config, exp: str, fold: Fold, data_dir: Path, output: Path, *, debug: bool, resume: bool
+) -> FoldRun:
+    """The phase before any epoch: config, processes, data, work folder, model and optimizer."""
     cfg = effective_config(cfg.validate(), debug)
     dist = Dist.from_env()
     if dist.enabled:
         dist.per_process(cfg.batch_size, pairs=cfg.head == "neg_sampling")  # an error, early
         if not dist.is_main:
             os.environ["TQDM_DISABLE"] = "1"  # one progress bar: rank 0's
+    stages = stages_of(cfg)
+    if debug:
+        stages = [dataclasses.replace(s, epochs=1) for s in stages]
+    epochs, epochs_from = sum(s.epochs for s in stages), "the schedule"
+    if fold == FULL_FOLD and not debug:
+        epochs, epochs_from = full_data_epochs(cfg, output, exp)
     data = load_fold_data(cfg, data_dir, fold, debug)
+    work, checkpoint = _work_folder(cfg, output, exp, fold, debug, resume, dist)
+    log = Logger(work / "train.log", enabled=dist.is_main)
+
+    runtime = Runtime.for_config(cfg, dist.device())
+    torch.manual_seed(cfg.seed)
+    model = ShopeeModel(cfg, data.n_classes)
+    if hasattr(model.text, "fit"):  # a fixed part fitted on the fold's training titles (TF-IDF + PCA)
+        model.text.fit(data.train["title"].tolist())
+    model = runtime.prepare(model)
+    if dist.enabled and cfg.sync_bn:
+        if runtime.on_cuda:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log("sync_bn: SyncBatchNorm needs GPUs; on CPU each process keeps its own batch statistics")
+    optimizer = build_optimizer(model, cfg)
+    scaler = runtime.grad_scaler()
+    return FoldRun(
+        cfg=cfg,
+        exp=exp,
+        fold=fold,
+        debug=debug,
+        data=data,
+        dist=dist,
+        work=work,
+        log=log,
+        runtime=runtime,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        stepper=Stepper(model, optimizer, scaler, cfg, runtime, dist),
+        train_ds=dataset_for(cfg, model, data.train, labels=data.train_labels, augment=True),
+        stages=stages,
+        epochs=epochs,
+        epochs_from=epochs_from,
+        checkpoint=checkpoint,
+    )
+
+
+def _work_folder(
+    cfg: Config, output: Path, exp: str, fold: Fold, debug: bool, resume: bool, dist: Dist
+) -> tuple[Path, dict[str, Any] | None]:
+    """The fold's ``.partial`` folder, ready (emptied unless resuming), and the checkpoint to
+    resume from, if any."""
     work = partial_dir(output, exp, fold)
     checkpoint_path = work / "last.pt"
     checkpoint = None
@@ -216,225 +410,271 @@ def train_fold(
     dist.barrier()  # the work folder is ready before any rank goes on
     if dist.enabled:
         _stop_on_sigterm(dist, work)
-    log = Logger(work / "train.log", enabled=dist.is_main)
+    return work, checkpoint
 
-    runtime = Runtime.for_config(cfg, dist.device())
-    torch.manual_seed(cfg.seed)
-    model = ShopeeModel(cfg, data.n_classes)
-    if hasattr(model.text, "fit"):  # a fixed part fitted on the fold's training titles (TF-IDF + PCA)
-        model.text.fit(data.train["title"].tolist())
-    model = runtime.prepare(model)
-    if dist.enabled and cfg.sync_bn:
-        if runtime.on_cuda:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        else:
-            log("sync_bn: SyncBatchNorm needs GPUs; on CPU each process keeps its own batch statistics")
-    class_sizes = torch.as_tensor(np.bincount(data.train_labels), dtype=torch.float32)
-    optimizer = build_optimizer(model, cfg)
-    scaler = runtime.grad_scaler()
-    stepper = Stepper(model, optimizer, scaler, cfg, runtime, dist)
-    train_ds = dataset_for(cfg, model, data.train, labels=data.train_labels, augment=True)
-    valid_labels = data.valid["label_group"].to_numpy()
 
-    def embed_rows_of(rows: pd.DataFrame, desc: str) -> dict[str, np.ndarray]:
-        """The model's embeddings of ``rows``; sharded over the processes and gathered in order."""
-        block = dist.row_block(len(rows)) if dist.enabled else None
-        loader = make_loader(
-            dataset_for(cfg, model, rows),
-            cfg.eval_batch_size,
-            block,
-            num_workers=cfg.num_workers,
-            pin_memory=runtime.pin_memory,
-        )
-        (out,) = embed_many([model], loader, runtime, desc=desc, log=log, log_with_bar=log.file)
-        return {k: dist.gather_rows(v, len(rows)) for k, v in out.items()}
-
-    def embed_valid() -> dict[str, np.ndarray]:
-        return embed_rows_of(data.valid, "validation")
-
-    kinds = embedding_kinds(cfg)
-
-    stages = stages_of(cfg)
-    if debug:
-        stages = [dataclasses.replace(s, epochs=1) for s in stages]
-    total_epochs = sum(s.epochs for s in stages)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
+def _resume_or_introduce(run: FoldRun) -> None:
+    """The resume phase: the checkpoint's weights, optimizer and history; or, for a new run, the
+    log lines that say what trains on what."""
+    checkpoint, log = run.checkpoint, run.log
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        history = checkpoint["history"]
-        start_epoch = checkpoint["epoch"]
-        log(f"resuming {exp} fold {fold} after epoch {start_epoch}/{total_epochs}")
-    else:
-        image_source = model.image.weights_source if model.image else "-"
-        text_source = model.text.source if model.text else "-"
-        log(
-            f"{exp} fold {fold}: {len(data.train)} train rows ({data.n_classes} groups), "
-            f"{len(data.valid)} validation rows; {runtime.describe()}; image weights: {image_source}; "
-            f"text: {text_source}"
-        )
-        if dist.enabled:
-            log(
-                f"data parallel on {dist.world} processes: batch {dist.per_process(cfg.batch_size)} per "
-                f"process, {cfg.batch_size} global (the learning rates are as configured for it)"
-            )
-        if data.skipped:
-            log(f"image_policy skip: {data.skipped} training rows with unusable images left out")
-    embeddings: dict[str, np.ndarray] = {}
-    commit = git_commit(code_dir or Path.cwd())
-    tracker = Tracker.start(
-        output,
-        exp,
-        f"fold{fold}" + (" debug" if debug else ""),
-        cfg.to_dict(),
-        {
-            "exp": exp,
-            "fold": fold,
-            "git_commit": commit,
-            "output": str(final.resolve()),
-            "data": data.fingerprint.short(),
-            "processes": dist.world,
-            "debug": debug,
-            "resumed_after_epoch": start_epoch,
-        },
-        enabled=dist.is_main,
+        run.model.load_state_dict(checkpoint["model"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scaler.load_state_dict(checkpoint["scaler"])
+        run.history = checkpoint["history"]
+        run.start_epoch = checkpoint["epoch"]
+        log(f"resuming {run.exp} {run.said} after epoch {run.start_epoch}/{run.epochs}")
+        return
+    data, cfg = run.data, run.cfg
+    image_source = run.model.image.weights_source if run.model.image else "-"
+    text_source = run.model.text.source if run.model.text else "-"
+    what = "every train row, no validation" if run.full else f"{len(data.valid)} validation rows"
+    log(
+        f"{run.exp} {run.said}: {len(data.train)} train rows ({data.n_classes} groups), {what}; "
+        f"{run.runtime.describe()}; image weights: {image_source}; text: {text_source}"
     )
+    if run.full or run.epochs < run.scheduled:
+        log(f"{run.epochs} of the schedule's {run.scheduled} epoch(s): {run.epochs_from}")
+    if run.dist.enabled:
+        log(
+            f"data parallel on {run.dist.world} processes: batch {run.dist.per_process(cfg.batch_size)} per "
+            f"process, {cfg.batch_size} global (the learning rates are as configured for it)"
+        )
+    if data.skipped:
+        log(f"image_policy skip: {data.skipped} training rows with unusable images left out")
 
+
+def _train_epochs(run: FoldRun, tracker: Tracker) -> None:
+    """The epochs phase: stage by stage, each epoch trained, scored on the validation rows and
+    checkpointed, until the schedule ends, early stopping stops it or a full-data run has its
+    epochs."""
+    cfg, data, model, optimizer = run.cfg, run.data, run.model, run.optimizer
+    class_sizes = torch.as_tensor(np.bincount(data.train_labels), dtype=torch.float32)
     epoch = 0
-    for stage_no, stage in enumerate(stages):
+    for stage_no, stage in enumerate(run.stages):
         stage_start = epoch
         epoch += stage.epochs
-        if epoch <= start_epoch:
+        if epoch <= run.start_epoch:
             continue  # finished before the resume point
+        if _stop_reason(run):
+            break
         trained = set_trainable(model, stage)
-        stepper.wrap()  # DDP registers the parameters that train in this stage
-        steps_per_epoch = _steps_per_epoch(epoch_length(data.train_labels, cfg), cfg, debug)
+        run.stepper.wrap()  # DDP registers the parameters that train in this stage
+        steps_per_epoch = _steps_per_epoch(epoch_length(data.train_labels, cfg), cfg, run.debug)
         scheduler = stage_scheduler(optimizer, stage, steps_per_epoch * stage.epochs, cfg.warmup)
-        if checkpoint is not None and checkpoint["epoch"] > stage_start:  # resumed within the stage
-            scheduler.load_state_dict(checkpoint["scheduler"])
+        if run.checkpoint is not None and run.checkpoint["epoch"] > stage_start:  # resumed within the stage
+            scheduler.load_state_dict(run.checkpoint["scheduler"])
             # the schedule's state does not set the rates back: without this the first update after
             # the resume would run at the warm-up's first rate
             for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
                 group["lr"] = lr
-        log(
-            f"stage {stage_no + 1}/{len(stages)} {stage.name or ''}: trains {', '.join(trained)}, "
+        run.log(
+            f"stage {stage_no + 1}/{len(run.stages)} {stage.name or ''}: trains {', '.join(trained)}, "
             f"{stage.epochs} epoch(s) at lr x {stage.lr_scale}"
         )
-        for e in range(max(stage_start, start_epoch), epoch):
-            t0 = time.perf_counter()
+        for e in range(max(stage_start, run.start_epoch), epoch):
+            reason = _stop_reason(run)
+            if reason:
+                run.log(reason)
+                return
             margin = margin_at(e, cfg.margin, cfg.margin_start, cfg.margin_ramp_epochs)
             model.set_margin(margin)
             if cfg.adaptive_margin:
-                model.set_class_margins(class_sizes.to(runtime.device), margin / cfg.margin)
-            stepper.clusters = None
-            if stage.loss == "protonce":
-                stepper.clusters = _cluster(model, embed_rows_of, data, cfg, e, runtime, log)
-            loss, step_losses = _train_epoch(stepper, train_ds, data.train_labels, e, scheduler, debug, log)
-            embeddings = embed_valid()
-            scores = {k: evaluate_embeddings(embeddings[k], valid_labels, cfg.eval_k) for k in kinds}
-            entry = {
-                "epoch": e + 1,
-                "stage": stage_no + 1,
-                "loss": loss,
-                "margin": margin,
-                "lr": max(g["lr"] for g in optimizer.param_groups),
-                "seconds": round(time.perf_counter() - t0, 1),
-                "scores": scores,
-                "step_losses": [round(v, 6) for v in step_losses],
-            }
-            if stepper.clusters is not None:
-                accuracy = np.mean(stepper.clusters.accuracy, axis=0) if stepper.clusters.accuracy else (0, 0)
-                entry["instance_acc"], entry["proto_acc"] = float(accuracy[0]), float(accuracy[1])
-                log(f"protonce: instance accuracy {accuracy[0]:.3f}, prototype accuracy {accuracy[1]:.3f}")
-            history.append(entry)
-            tracker.epoch(entry)
-            log(
-                f"epoch {e + 1}/{total_epochs} loss {loss:.4f} margin {margin:.2f} "
-                + " ".join(
-                    f"{k} F1 {s['f1']:.4f}@{s['threshold']:.2f} R@1 {s['recall@1']:.3f}"
-                    for k, s in scores.items()
-                )
-                + f" ({entry['seconds']:.0f} s)"
-            )
-            if dist.enabled:
-                checksum = float(sum(p.detach().double().sum().item() for p in model.parameters()))
-                if not dist.same_everywhere(checksum):
-                    raise ShopeeError(
-                        f"after epoch {e + 1} the processes hold different weights: DDP did not sync"
-                    )
-                log(f"weights identical on the {dist.world} processes (checksum {checksum:.6f})")
-            if dist.is_main:
-                _save_checkpoint(
-                    checkpoint_path, model, optimizer, scheduler, scaler, e + 1, history, cfg, debug, dist
-                )
-                write_json(
-                    work / "metrics.json", {"exp": exp, "fold": fold, "finished": False, "epochs": history}
-                )
-            dist.barrier()
-    if not embeddings:  # resumed after the last epoch: embed once more from the checkpoint
-        embeddings = embed_valid()
+                model.set_class_margins(class_sizes.to(run.runtime.device), margin / cfg.margin)
+            _one_epoch(run, e, stage_no, stage, scheduler, margin, tracker)
+    reason = _stop_reason(run)
+    if reason and len(run.history) < run.scheduled:
+        run.log(reason)
 
-    dense: dict[str, np.ndarray] | None = None
-    dense_seconds = None
-    if cfg.dense_oof:
-        dense_started = time.perf_counter()
-        dense = embed_rows_of(data.dense, "training rows")
-        dense_seconds = round(time.perf_counter() - dense_started, 1)
-        log(f"dense OOF: embedded the fold's {len(data.dense)} training rows in {dense_seconds:.0f} s")
 
-    # this run's time (after a resume: since the resume)
-    summary = _summary(exp, fold, history[-1]["scores"], time.perf_counter() - started)
-    tracker.metrics(
-        {"cv_f1": summary["cv_f1"], "minutes": summary["seconds"] / 60, "dense_seconds": dense_seconds}
+def _one_epoch(
+    run: FoldRun, e: int, stage_no: int, stage: Stage, scheduler, margin: float, tracker: Tracker
+) -> None:
+    """Epoch ``e``: train, embed and score the validation rows, log, checkpoint."""
+    t0 = time.perf_counter()
+    cfg, log, stepper = run.cfg, run.log, run.stepper
+    stepper.clusters = None
+    if stage.loss == "protonce":
+        stepper.clusters = _cluster(run, e)
+    loss, step_losses = _train_epoch(
+        stepper, run.train_ds, run.data.train_labels, e, scheduler, run.debug, log
     )
-    tracker.end()
-    if not dist.is_main:  # rank 0 writes the outputs; the others wait for them, then leave
-        dist.barrier()
-        dist.close()
-        return summary
-    with atomic_path(work / MODEL_FILE) as tmp:
-        safetensors.torch.save_model(model, str(tmp))
-    meta = {
-        "exp": exp,
-        "fold": fold,
-        "seed": cfg.seed,
-        "debug": debug,
+    scores: dict[str, dict[str, float]] = {}
+    if not run.full:
+        run.embeddings = run.embed(run.data.valid, "validation")
+        labels = run.data.valid["label_group"].to_numpy()
+        scores = {k: evaluate_embeddings(run.embeddings[k], labels, cfg.eval_k) for k in embedding_kinds(cfg)}
+    entry: dict[str, Any] = {
+        "epoch": e + 1,
+        "stage": stage_no + 1,
+        "loss": loss,
+        "margin": margin,
+        "lr": max(g["lr"] for g in run.optimizer.param_groups),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "scores": scores,
+        "step_losses": [round(v, 6) for v in step_losses],
+    }
+    if scores:
+        entry["cv_f1"] = max(s["f1"] for s in scores.values())
+    if stepper.clusters is not None:
+        accuracy = np.mean(stepper.clusters.accuracy, axis=0) if stepper.clusters.accuracy else (0, 0)
+        entry["instance_acc"], entry["proto_acc"] = float(accuracy[0]), float(accuracy[1])
+        log(f"protonce: instance accuracy {accuracy[0]:.3f}, prototype accuracy {accuracy[1]:.3f}")
+    run.history.append(entry)
+    tracker.epoch(entry)
+    log(
+        f"epoch {e + 1}/{run.epochs} loss {loss:.4f} margin {margin:.2f} "
+        + " ".join(
+            f"{k} F1 {s['f1']:.4f}@{s['threshold']:.2f} R@1 {s['recall@1']:.3f}" for k, s in scores.items()
+        )
+        + f" ({entry['seconds']:.0f} s)"
+    )
+    dist = run.dist
+    if dist.enabled:
+        checksum = float(sum(p.detach().double().sum().item() for p in run.model.parameters()))
+        if not dist.same_everywhere(checksum):
+            raise ShopeeError(f"after epoch {e + 1} the processes hold different weights: DDP did not sync")
+        log(f"weights identical on the {dist.world} processes (checksum {checksum:.6f})")
+    if dist.is_main:
+        if cfg.early_stopping_patience and best_epoch(run.history) == e + 1:
+            with atomic_path(run.best_path) as tmp:
+                torch.save(run.model.state_dict(), tmp)
+        _save_checkpoint(run, scheduler, e + 1)
+        metrics = {"exp": run.exp, "fold": run.fold, "finished": False, "epochs": run.history}
+        write_json(run.work / "metrics.json", metrics)
+    dist.barrier()
+
+
+def best_epoch(history: list[dict[str, Any]]) -> int:
+    """The epoch (1-based) of the highest CV F1, the earliest on a tie; the last when nothing was
+    scored (a full-data run)."""
+    scored = [h for h in history if "cv_f1" in h]
+    if not scored:
+        return len(history)
+    return max(scored, key=lambda h: (h["cv_f1"], -h["epoch"]))["epoch"]
+
+
+def _stop_reason(run: FoldRun) -> str:
+    """Why no more epochs train (empty while they do): a full-data run has its epochs, or the
+    CV F1 has not improved for ``early_stopping_patience`` epochs."""
+    done = len(run.history)
+    if done >= run.epochs:
+        return f"{run.epochs_from}: stopping after {done} epochs" if done < run.scheduled else ""
+    patience = run.cfg.early_stopping_patience
+    best = best_epoch(run.history)
+    if patience and done - best >= patience:
+        f1 = run.history[best - 1]["cv_f1"]
+        return f"early stopping: no better CV F1 for {patience} epochs since epoch {best} ({f1:.4f})"
+    return ""
+
+
+def _restore_best(run: FoldRun) -> int:
+    """The epoch whose weights the fold keeps: with early stopping, the best one (its weights put
+    back when a later epoch ran); else the last."""
+    best = best_epoch(run.history)
+    if not run.cfg.early_stopping_patience or best == len(run.history):
+        return len(run.history)
+    run.model.load_state_dict(torch.load(run.best_path, map_location=run.runtime.device, weights_only=True))
+    run.embeddings = {}  # they were the last epoch's
+    run.log(
+        f"early stopping: keeping the weights of epoch {best} (CV F1 {run.history[best - 1]['cv_f1']:.4f})"
+    )
+    return best
+
+
+def _final_embeddings(
+    run: FoldRun,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, float | None]:
+    """The embed phase: the validation rows (again when resumed after the last epoch or when an
+    earlier epoch's weights were kept) and, with ``dense_oof``, the fold's training rows."""
+    if run.full:
+        return {}, None, None
+    embeddings = run.embeddings or run.embed(run.data.valid, "validation")
+    if not run.cfg.dense_oof:
+        return embeddings, None, None
+    started = time.perf_counter()
+    dense = run.embed(run.data.dense, "training rows")
+    seconds = round(time.perf_counter() - started, 1)
+    run.log(f"dense OOF: embedded the fold's {len(run.data.dense)} training rows in {seconds:.0f} s")
+    return embeddings, dense, seconds
+
+
+def _fold_meta(run: FoldRun, data_dir: Path, commit: str) -> dict[str, Any]:
+    model = run.model
+    return {
+        "exp": run.exp,
+        "fold": run.fold,
+        "seed": run.cfg.seed,
+        "debug": run.debug,
         "git_commit": commit,
-        "data": {"dir": str(Path(data_dir).resolve()), **data.fingerprint.to_dict()},
-        "n_classes": data.n_classes,
-        "n_train": len(data.train),
-        "n_valid": len(data.valid),
+        "data": {"dir": str(Path(data_dir).resolve()), **run.data.fingerprint.to_dict()},
+        "n_classes": run.data.n_classes,
+        "n_train": len(run.data.train),
+        "n_valid": len(run.data.valid),
+        "epochs_from": run.epochs_from,
         "image_weights": model.image.weights_source if model.image else None,
         "text_source": model.text.source if model.text else None,
         "versions": _versions(),
-        "config": cfg.to_dict(),
+        "config": run.cfg.to_dict(),
     }
-    write_fold(
-        work,
-        meta=meta,
-        index=data.valid,
-        embeddings=embeddings,
-        metrics={
-            "exp": exp,
-            "fold": fold,
-            "summary": summary,
-            "epochs": history,
-            "dense_seconds": dense_seconds,
-        },
-        dense_index=data.dense,
-        dense=dense,
-    )
-    checkpoint_path.unlink(missing_ok=True)
-    replace_dir(work, final)
-    dist.barrier()
-    dist.close()
-    best = f"{summary['kind']} at {summary['threshold']:.2f}"
-    log_line = f"{exp} fold {fold} done: CV F1 {summary['cv_f1']:.4f} ({best})"
-    print(log_line, flush=True)
-    Logger(final / "train.log").file(log_line)
-    return summary
+
+
+def _write_outputs(
+    run: FoldRun,
+    final: Path,
+    meta: dict[str, Any],
+    metrics: dict[str, Any],
+    embeddings: dict[str, np.ndarray],
+    dense: dict[str, np.ndarray] | None,
+) -> None:
+    """The write phase (rank 0): weights, config, arrays and metrics into the ``.partial`` folder,
+    which then becomes the fold's folder."""
+    with atomic_path(run.work / MODEL_FILE) as tmp:
+        safetensors.torch.save_model(run.model, str(tmp))
+    if run.full:
+        write_full(run.work, meta=meta, metrics=metrics, kinds=embedding_kinds(run.cfg))
+    else:
+        write_fold(
+            run.work,
+            meta=meta,
+            index=run.data.valid,
+            embeddings=embeddings,
+            metrics=metrics,
+            dense_index=run.data.dense,
+            dense=dense,
+        )
+    run.checkpoint_path.unlink(missing_ok=True)
+    run.best_path.unlink(missing_ok=True)
+    replace_dir(run.work, final)
+
+
+def full_data_epochs(cfg: Config, output: Path, exp: str) -> tuple[int, str]:
+    """Epochs of a full-data run and where they come from: ``full_epochs``; with early stopping,
+    the median best epoch of the experiment's finished folds (each fold stopped where its CV
+    peaked); else the whole schedule."""
+    scheduled = sum(s.epochs for s in stages_of(cfg))
+    if cfg.full_epochs:
+        if cfg.full_epochs > scheduled:
+            raise ShopeeError(f"full_epochs={cfg.full_epochs} exceeds the schedule's {scheduled} epochs")
+        return cfg.full_epochs, f"full_epochs={cfg.full_epochs}"
+    if not cfg.early_stopping_patience:
+        return scheduled, "the schedule"
+    best = {}
+    folds, _ = finished_folds(output, exp) if (Path(output) / exp).is_dir() else ([], [])
+    for fold in folds:
+        record = FoldRecord.open(fold_dir(output, exp, fold))
+        same = {**record.config.to_dict(), "full_epochs": cfg.full_epochs} == cfg.to_dict()
+        if same and not record.debug:
+            best[fold] = int(record.metrics.get("best_epoch") or len(record.metrics["epochs"]))
+    if not best:
+        raise ShopeeError(
+            f"{exp} --fold full with early stopping takes its epochs from the CV folds, and "
+            f"{Path(output) / exp} has no finished fold of this config: train the folds first, or "
+            "--set full_epochs=N"
+        )
+    epochs = math.floor(float(np.median(list(best.values()))) + 0.5)
+    folds_said = ", ".join(f"fold {f}: {e}" for f, e in sorted(best.items()))
+    return epochs, f"the median best epoch of the CV folds ({folds_said})"
 
 
 def _summary(
@@ -481,25 +721,25 @@ def zero_shot(
     return {**summary, "zero_shot": True, "rows": len(labels)}
 
 
-def _cluster(
-    model, embed_rows_of, data: FoldData, cfg: Config, epoch: int, runtime: Runtime, log
-) -> Clusters:
+def _cluster(run: FoldRun, epoch: int) -> Clusters:
     """The epoch's clusters: the training rows embedded by the current model, k-means with sizes
     held in their band (``bounded_kmeans``); k = ``proto_clusters`` or one per training group."""
-    embeddings = embed_rows_of(data.train, "clustering")
-    kind = model.kinds[-1]  # fused when there is one, else the only kind
+    cfg, data = run.cfg, run.data
+    embeddings = run.embed(data.train, "clustering")
+    kind = run.model.kinds[-1]  # fused when there is one, else the only kind
     n = len(data.train)
     k = min(cfg.proto_clusters or data.n_classes, n // 2)
     assign, centroids = bounded_kmeans(embeddings[kind], k, seed=cfg.seed * 1000 + epoch)
     sizes = np.bincount(assign, minlength=k)
     low, high = size_band(n, k)
-    log(
+    run.log(
         f"protonce: {k} clusters of the {kind} embeddings, sizes {sizes.min()}..{sizes.max()} "
         f"(band {low}..{high})"
     )
+    device = run.runtime.device
     return Clusters(
-        torch.as_tensor(assign, device=runtime.device),
-        torch.as_tensor(centroids, device=runtime.device),
+        torch.as_tensor(assign, device=device),
+        torch.as_tensor(centroids, device=device),
         cfg.proto_temperature,
     )
 
@@ -602,17 +842,17 @@ def _train_epoch(
     return float(np.mean(losses)) if losses else 0.0, losses
 
 
-def _save_checkpoint(path, model, optimizer, scheduler, scaler, epoch, history, cfg, debug, dist) -> None:
+def _save_checkpoint(run: FoldRun, scheduler, epoch: int) -> None:
     state = {
-        "world": dist.world,
+        "world": run.dist.world,
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "history": history,
-        "config": cfg.to_dict(),
-        "debug": debug,
+        "scaler": run.scaler.state_dict(),
+        "history": run.history,
+        "config": run.cfg.to_dict(),
+        "debug": run.debug,
     }
-    with atomic_path(path) as tmp:
+    with atomic_path(run.checkpoint_path) as tmp:
         torch.save(state, tmp)

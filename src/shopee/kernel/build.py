@@ -23,14 +23,15 @@ import nbformat
 
 import shopee
 from shopee.atomic import atomic_dir, replace_dir, write_json, write_text
-from shopee.constants import PREDICT_IMAGE_POLICIES, TEST_ROWS
-from shopee.ensemble_file import expected_f1, read_ensemble, shipped_pair_model, side_files
+from shopee.constants import FULL_FOLD, PREDICT_IMAGE_POLICIES, TEST_ROWS
+from shopee.ensemble_file import expected_f1, read_ensemble, shipped_pair_model, side_files, with_full_models
 from shopee.errors import ShopeeError
 from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
 from shopee.kernel.bundle import MANIFEST, open_bundle, write_bundle
 from shopee.kernel.environment import requirements
 from shopee.kernel.notebook import make_notebook
+from shopee.kernel.runtime import describe_runtime, estimate_runtime
 from shopee.outputs import FoldRecord
 from shopee.predict import ensemble_records
 
@@ -101,8 +102,14 @@ def build_kernel(
     strict: bool = False,
     overwrite: bool = False,
     weights: str = "fp16",
+    models: str = "folds",
+    allow_over_time: bool = False,
 ) -> Kernel:
-    """Write ``out/SLUG/`` (notebook + kernel-metadata.json) and ``out/SLUG-dataset/``."""
+    """Write ``out/SLUG/`` (notebook + kernel-metadata.json) and ``out/SLUG-dataset/``.
+
+    ``models="full"`` ships each experiment's full-data model instead of its fold models, with the
+    rule tuned on the folds (``with_full_models``). A bundle whose estimated runtime on the hidden
+    test exceeds Kaggle's 2 hours (``estimate_runtime``) is refused unless ``allow_over_time``."""
     if image_policy not in PREDICT_IMAGE_POLICIES:
         raise ShopeeError(
             f"--image-policy {image_policy}: a submission takes {' or '.join(PREDICT_IMAGE_POLICIES)} "
@@ -115,8 +122,17 @@ def build_kernel(
     kernel_meta = meta.kernel_metadata(user, slug, title, accelerator=accelerator, private=private)
     ensemble_path = Path(ensemble_path)
     ensemble = read_ensemble(ensemble_path)
+    if models == FULL_FOLD:
+        ensemble = with_full_models(ensemble)
     output = Path(output) if output else ensemble_path.resolve().parent.parent
     records = ensemble_records(ensemble, output)
+    runtime = estimate_runtime(records, ensemble["params"], tta=tta)
+    print(describe_runtime(runtime), flush=True)
+    if not runtime["fits"] and not allow_over_time:
+        raise ShopeeError(
+            f"the bundle's estimated runtime, {runtime['seconds'] / 3600:.1f} h, exceeds Kaggle's 2 hours: "
+            "ship fewer or smaller models (or --allow-over-time if you know better)"
+        )
     extra = side_files(ensemble_path, ensemble)
     for path in extra:
         if not path.is_file():
@@ -158,6 +174,8 @@ def build_kernel(
         "built_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "accelerator": accelerator,
         "requirements": requirements(pair_model=bool(shipped_pair_model(ensemble))),
+        "models": ensemble.get("models", "folds"),
+        "estimated_runtime_s": round(runtime["seconds"]),
         "settings": {"tta": tta, "image_policy": image_policy, "backend": backend, "cv_rows": cv_rows},
     }
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -168,6 +186,7 @@ def build_kernel(
             new_dataset,
             ensemble_path,
             records,
+            ensemble=ensemble if models == FULL_FOLD else None,
             info=info,
             wheels=wheels,
             dataset_metadata=dataset_meta,

@@ -128,6 +128,7 @@ def write_bundle(
     records: Iterable[FoldRecord],
     *,
     info: Mapping[str, Any],
+    ensemble: Mapping[str, Any] | None = None,
     wheels: Iterable[Path] = (),
     dataset_metadata: Mapping[str, Any],
     weights: str = "fp16",
@@ -136,10 +137,14 @@ def write_bundle(
     """Fill the empty directory ``dest``; returns the manifest (also written as ``MANIFEST``).
 
     ``records`` are the ensemble's folds, already checked (``predict.ensemble_records``). ``info``
-    (slug, ensemble name, git commit, settings...) goes into the manifest as it is.
+    (slug, ensemble name, git commit, settings...) goes into the manifest as it is. ``ensemble``,
+    when given, is written instead of the file at ``ensemble_path`` (the full-data models' copy).
     """
     write_json(dest / "dataset-metadata.json", dict(dataset_metadata))
-    shutil.copy2(ensemble_path, dest / ENSEMBLE_FILE)
+    if ensemble is None:
+        shutil.copy2(ensemble_path, dest / ENSEMBLE_FILE)
+    else:
+        write_json(dest / ENSEMBLE_FILE, dict(ensemble))
     for path in extra_files:  # files the ensemble keeps beside itself (pair model, projections)
         shutil.copy2(path, dest / path.name)
     _copy_package(dest / "shopee")

@@ -137,6 +137,12 @@ def make_notebook(
         if expected
         else "not estimated (no size curve)"
     )
+    models = "Fold models"
+    if info.get("models") == "full":
+        models = "Full-data models (every train row; the thresholds are the fold models' carried over)"
+    runtime = (
+        f"{info['estimated_runtime_s'] / 60:.0f} min" if info.get("estimated_runtime_s") else "not estimated"
+    )
     intro = f"""\
 # {info["title"]}
 
@@ -147,7 +153,8 @@ Submission notebook for Kaggle's *Shopee - Price Match Guarantee*, built by
 * Ensemble CV F1 {info["cv_f1"]:.4f} ({info["objective"]} objective), held-out estimate {heldout}.
 * CV F1 expected on the test: {expected}.
 * Thresholds: {thresholds}.
-* Fold models: {", ".join(folds)}; matching members: {", ".join(info["members"])}.
+* {models}: {", ".join(folds)}; matching members: {", ".join(info["members"])}.
+* Estimated runtime on 70,000 test rows (GPU T4 x2, on paper): {runtime}.
 * Inputs: the competition data and the dataset `{dataset}` (internet off).
 * Accelerator: {info["accelerator"]}; the fold models are spread over every GPU it has.
 * The first cell checks the image's libraries against the versions the bundle was tested with.

@@ -1,0 +1,415 @@
+"""``python -m shopee kaggle train|status|pull|submit``: Kaggle's GPUs from the command line.
+
+``train`` builds the training kernel (``training.build_training_kernel``), checks the weekly GPU
+quota, pushes its code dataset and then the notebook; ``status`` says how a version is doing and
+shows the end of its log; ``pull`` downloads a version's output and installs its verified folds
+(``pull.pull``; ``--from DIR`` takes a folder downloaded before, with no call to Kaggle); ``submit``
+builds the inference kernel (``shopee.kernel.build_kernel``), pushes it and, once a version has
+run, submits it to the competition. Every call to Kaggle goes through the Kaggle CLI's own client
+(``client``); each command ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from shopee.errors import ShopeeError
+from shopee.kaggle_gpu import client
+
+LOG_LINES = 20
+_KERNEL = re.compile(r"([A-Za-z0-9][A-Za-z0-9_-]*)/([a-z0-9]+(?:-[a-z0-9]+)*)(?:/(\d+))?")
+
+
+def kernel_ref(text: str, version: int | None = None) -> str:
+    """``owner/slug`` or ``owner/slug/N`` checked; ``version`` appends ``/N``."""
+    match = _KERNEL.fullmatch(text.strip())
+    if not match:
+        raise ShopeeError(f"{text!r}: expected a kernel as OWNER/SLUG (or OWNER/SLUG/VERSION)")
+    if version is not None:
+        if match.group(3):
+            raise ShopeeError(f"{text}: give the version once (in the name or with --version)")
+        return f"{match.group(1)}/{match.group(2)}/{version}"
+    return text.strip()
+
+
+def _base(kernel: str) -> str:
+    return "/".join(kernel.split("/")[:2])
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data), flush=True)
+
+
+def _push(api, notebook_dir: Path, dataset_dir: Path, notes: str) -> tuple[client.Pushed, client.Pushed]:
+    """The dataset first (created or a new version), once Kaggle has processed it the notebook."""
+    dataset = client.push_dataset(api, dataset_dir, notes)
+    print(
+        f"dataset {dataset.ref}: {'created' if dataset.created else 'new version'} ({dataset.url})",
+        flush=True,
+    )
+    print("waiting until Kaggle has processed it ...", flush=True)
+    client.wait_for_dataset(api, dataset.ref)
+    kernel = client.push_kernel(api, notebook_dir)
+    print(f"kernel {kernel.ref}: version {kernel.version} queued ({kernel.url})", flush=True)
+    return dataset, kernel
+
+
+def _by_hand(notebook_dir: Path, dataset_dir: Path) -> None:
+    print("push them yourself with the Kaggle CLI:")
+    print(
+        f"  kaggle datasets create -p {dataset_dir} --dir-mode zip"
+        "    # later: kaggle datasets version ... -m NOTE"
+    )
+    print(f"  kaggle kernels push -p {notebook_dir}")
+
+
+# ------------------------------------------------------------------------------------------------
+# train
+# ------------------------------------------------------------------------------------------------
+def _check_quota(api, hours: float, debug: bool, ignore: bool) -> client.Quota | None:
+    """Refuse a push whose estimated session hours exceed the week's GPU hours left."""
+    quota = client.gpu_quota(api)
+    if quota is None:
+        print("GPU quota: this client or Kaggle does not tell (kaggle quota); not checked")
+        return None
+    refresh = f", refreshes {quota.refresh}" if quota.refresh else ""
+    print(f"GPU quota: {quota.left_hours:.1f} h of {quota.total_hours:.1f} h left this week{refresh}")
+    if quota.left_hours < hours and not debug and not ignore:
+        raise ShopeeError(
+            f"the run's estimated {hours:.1f} h on GPU T4 x2 exceed the {quota.left_hours:.1f} h of "
+            "weekly GPU "
+            "quota left: train fewer folds (--folds), wait for the refresh, or pass --ignore-quota"
+        )
+    return quota
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from shopee.data import find_data_dir
+    from shopee.kaggle_gpu.training import SESSION_HOURS, build_training_kernel
+    from shopee.launch import parse_folds
+    from shopee.runner import load_experiment
+
+    name, cfg = load_experiment(args.exp, args.set)
+    folds = parse_folds(args.folds, cfg.n_folds)
+    api, user = None, args.user
+    if not args.no_push:  # credentials first: the build takes a while
+        api = client.kaggle_api()
+        user = user or client.username(api)
+    kernel = build_training_kernel(
+        args.exp,
+        folds,
+        user=user,
+        out=Path(args.out),
+        overrides=args.set,
+        slug=args.slug,
+        resume_from=args.resume_from,
+        debug=args.debug,
+        overwrite=args.overwrite,
+        data_dir=find_data_dir(args.data),
+    )
+    print(
+        f"notebook {kernel.notebook_dir} ({kernel.kernel_id}: GPU T4 x2, internet on, {name} folds "
+        f"{kernel.folds}{' debug' if args.debug else ''}, "
+        f"about {kernel.estimate_hours:.1f} h on the real data)"
+    )
+    print(f"dataset  {kernel.dataset_dir} ({kernel.dataset_id}: the package and exp/{name}.py)")
+    if kernel.estimate_hours > SESSION_HOURS:
+        print(
+            f"note: more than one session ({SESSION_HOURS} h each); continue what is unfinished with "
+            f"--resume-from {kernel.kernel_id} (and another --slug)"
+        )
+    result: dict[str, Any] = {
+        "kernel": kernel.kernel_id,
+        "dataset": kernel.dataset_id,
+        "notebook_dir": str(kernel.notebook_dir),
+        "dataset_dir": str(kernel.dataset_dir),
+        "exp": name,
+        "folds": kernel.folds,
+        "estimate_hours": round(kernel.estimate_hours, 2),
+        "pushed": False,
+    }
+    if args.no_push:
+        _by_hand(kernel.notebook_dir, kernel.dataset_dir)
+        print(f"then: python -m shopee kaggle status {kernel.kernel_id}")
+        _print_json(result)
+        return
+    quota = _check_quota(api, kernel.estimate_hours, args.debug, args.ignore_quota)
+    notes = f"{name} folds {','.join(map(str, kernel.folds))}" + (
+        f" --set {' '.join(args.set)}" if args.set else ""
+    )
+    _, pushed = _push(api, kernel.notebook_dir, kernel.dataset_dir, notes)
+    print(f"follow it: python -m shopee kaggle status {pushed.ref}")
+    print(f"when it is complete: python -m shopee kaggle pull {pushed.ref} --data DIR")
+    _print_json(
+        {
+            **result,
+            "pushed": True,
+            "version": pushed.version,
+            "url": pushed.url,
+            "quota_left_hours": round(quota.left_hours, 2) if quota else None,
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# status
+# ------------------------------------------------------------------------------------------------
+def _cmd_status(args: argparse.Namespace) -> None:
+    kernel = kernel_ref(args.kernel)
+    api = client.kaggle_api()
+    status = client.kernel_status(api, kernel)
+    print(f"{kernel}: {status.status}")
+    if status.failure:
+        print(f"failure: {status.failure}")
+    try:  # a queued version has no log yet; the state above is the answer then
+        tail = client.log_tail(api, kernel, args.lines)
+    except ShopeeError as exc:
+        tail = []
+        print(f"no log ({exc})")
+    if tail:
+        print(f"last {len(tail)} lines of the log:")
+        for line in tail:
+            print(f"  {line}")
+    if status.status == "complete":
+        version = kernel.split("/")[2] if kernel.count("/") == 2 else "N"
+        print(
+            f"next: python -m shopee kaggle pull {kernel} --data DIR (a training kernel), or "
+            f"python -m shopee kaggle submit ENSEMBLE --name {kernel.split('/')[1]} --version {version} "
+            "(a submission kernel)"
+        )
+    elif status.running:
+        print(f"still {status.status}: ask again later")
+    else:
+        print(f"folds it finished can still come home: python -m shopee kaggle pull {kernel} --data DIR")
+    _print_json({"kernel": kernel, "status": status.status, "failure": status.failure, "log": tail})
+
+
+# ------------------------------------------------------------------------------------------------
+# pull
+# ------------------------------------------------------------------------------------------------
+def _download_and_pull(kernel: str, output: Path, data_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from shopee.kaggle_gpu.pull import pull
+
+    api = client.kaggle_api()
+    status = client.kernel_status(api, kernel)
+    if status.running:
+        raise ShopeeError(
+            f"{kernel}: still {status.status}; its output comes when it ends "
+            f"(python -m shopee kaggle status {kernel})"
+        )
+    if status.status != "complete":
+        failure = f": {status.failure}" if status.failure else ""
+        print(f"note: {kernel} ended {status.status}{failure}; pulling the folds it finished")
+    output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output, prefix=".kaggle-pull-") as folder:
+        files = client.download_output(api, kernel, Path(folder))
+        print(f"downloaded {len(files)} files of {kernel}'s output")
+        return pull(Path(folder), output, data_dir, Path(args.exp_dir), overwrite=args.overwrite)
+
+
+def next_slug(slug: str) -> str:
+    """``exp003-train`` -> ``exp003-train-2`` -> ``exp003-train-3``: a continuation's kernel."""
+    stem, _, number = slug.rpartition("-")
+    return f"{stem}-{int(number) + 1}" if stem and number.isdigit() else f"{slug}-2"
+
+
+def _continue_hint(summary: dict[str, Any], kernel: str) -> str:
+    folds = ",".join(summary["missing"])
+    sets = "".join(f" --set {s}" for s in summary["overrides"])
+    debug = " --debug" if summary["debug"] else ""
+    base = _base(kernel)
+    return (
+        f"continue the missing folds: python -m shopee kaggle train {summary['exp']} "
+        f"--folds {folds}{sets}{debug} "
+        f"--resume-from {base} --slug {next_slug(base.split('/')[1])}"
+    )
+
+
+def _cmd_pull(args: argparse.Namespace) -> None:
+    from shopee.data import find_data_dir
+    from shopee.kaggle_gpu.pull import describe, pull
+
+    kernel = kernel_ref(args.kernel, args.version)
+    data_dir = find_data_dir(args.data)
+    output = Path(args.output)
+    if args.from_dir:
+        summary = pull(Path(args.from_dir), output, data_dir, Path(args.exp_dir), overwrite=args.overwrite)
+    else:
+        summary = _download_and_pull(kernel, output, data_dir, args)
+    for line in describe(summary):
+        print(line)
+    if summary["missing"]:
+        print(_continue_hint(summary, kernel))
+    _print_json({"kernel": kernel, **summary})
+    problems = [f"fold{f} refused ({why})" for f, why in summary["refused"].items()]
+    problems += [f"fold{f} kept (the local fold differs; --overwrite replaces it)" for f in summary["kept"]]
+    if problems:
+        raise ShopeeError(f"{summary['exp']}: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------
+# submit
+# ------------------------------------------------------------------------------------------------
+def _submit_version(args: argparse.Namespace, message: str) -> None:
+    """Submit a version that ran: Kaggle runs its notebook again on the hidden test."""
+    from shopee.constants import COMPETITION
+    from shopee.kernel.metadata import check_slug
+
+    api = client.kaggle_api()
+    kernel = f"{args.user or client.username(api)}/{check_slug(args.name)}"
+    status = client.kernel_status(api, f"{kernel}/{args.version}")
+    if status.status != "complete":
+        failure = f" ({status.failure})" if status.failure else ""
+        raise ShopeeError(
+            f"{kernel} version {args.version} is {status.status}{failure}: Kaggle submits a version that ran "
+            f"to the end (python -m shopee kaggle status {kernel}/{args.version})"
+        )
+    answer = client.submit(api, kernel, args.version, message)
+    print(f"submitted {kernel} version {args.version} to {COMPETITION}: {answer}")
+    print(
+        "Kaggle now runs the notebook on the hidden test; the score appears under "
+        f"https://www.kaggle.com/competitions/{COMPETITION}/submissions"
+    )
+    _print_json(
+        {"kernel": kernel, "version": args.version, "submitted": True, "message": message, "answer": answer}
+    )
+
+
+def _cmd_submit(args: argparse.Namespace) -> None:
+    from shopee.ensemble_file import read_ensemble
+    from shopee.kernel import build_kernel
+
+    ensemble = read_ensemble(args.ensemble)
+    message = args.message or f"{ensemble['name']} (CV F1 {float(ensemble['cv_f1']):.4f})"
+    if args.version is not None:
+        _submit_version(args, message)
+        return
+    api, user = None, args.user
+    if not args.no_push:
+        api = client.kaggle_api()
+        user = user or client.username(api)
+    kernel = build_kernel(
+        Path(args.ensemble),
+        args.name,
+        user=user,
+        out=Path(args.out),
+        output=Path(args.output) if args.output else None,
+        overwrite=args.overwrite,
+    )
+    kernel_id = kernel.manifest["kernel"]
+    print(f"notebook {kernel.notebook_dir} ({kernel_id}: offline, GPU T4 x2)")
+    print(
+        f"dataset  {kernel.dataset_dir} ({kernel.manifest['dataset']}: "
+        f"{len(kernel.manifest['folds'])} fold models)"
+    )
+    result: dict[str, Any] = {
+        "kernel": kernel_id,
+        "notebook_dir": str(kernel.notebook_dir),
+        "dataset_dir": str(kernel.dataset_dir),
+        "pushed": False,
+        "submitted": False,
+    }
+    later = f"python -m shopee kaggle submit {args.ensemble} --name {args.name} --version N"
+    if args.no_push:
+        _by_hand(kernel.notebook_dir, kernel.dataset_dir)
+        print(f"once version N has run: {later}")
+        _print_json(result)
+        return
+    _, pushed = _push(api, kernel.notebook_dir, kernel.dataset_dir, f"ensemble {ensemble['name']}")
+    later = later.replace("--version N", f"--version {pushed.version}")
+    print("not submitted yet: Kaggle submits a version that has run to the end. Wait until")
+    print(f"  python -m shopee kaggle status {pushed.ref}/{pushed.version}")
+    print(f"says complete, then: {later}")
+    _print_json({**result, "pushed": True, "version": pushed.version, "url": pushed.url, "next": later})
+
+
+# ------------------------------------------------------------------------------------------------
+# the parser
+# ------------------------------------------------------------------------------------------------
+def add_kaggle_parser(sub: argparse._SubParsersAction) -> None:
+    from shopee.cli_args import DATA_HELP, add_set, positive_int
+
+    group = sub.add_parser(
+        "kaggle",
+        help="train on Kaggle's GPUs, follow a run, pull its folds home, submit (the Kaggle CLI's client)",
+    )
+    actions = group.add_subparsers(dest="kaggle_command", required=True, metavar="{train,status,pull,submit}")
+    user_help = "Kaggle user owning the kernel [the credentials' user]"
+
+    train = actions.add_parser("train", help="push a kernel that trains an experiment's folds on GPU T4 x2")
+    train.add_argument("exp", help="experiment name or file (exp055)")
+    train.add_argument("--folds", default="all", help="0-4, 0,2 or all [%(default)s]")
+    add_set(train)
+    train.add_argument("--user", default=None, help=user_help)
+    train.add_argument("--out", default="kernels", help="where the two folders go [%(default)s]")
+    train.add_argument("--slug", default=None, help="the kernel's slug [EXP-train]")
+    train.add_argument(
+        "--resume-from",
+        default=None,
+        metavar="OWNER/SLUG",
+        help="attach that kernel's output: its finished folds are kept, its unfinished ones continue",
+    )
+    train.add_argument(
+        "--data", default=None, help=DATA_HELP + "; its fold split is shipped, so that the folds pull home"
+    )
+    train.add_argument("--debug", action="store_true", help="a smoke run: a few batches per fold")
+    train.add_argument(
+        "--no-push", action="store_true", help="build the folders only and say how to push them"
+    )
+    train.add_argument(
+        "--ignore-quota", action="store_true", help="push even if the estimate exceeds the quota left"
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace folders holding something else")
+    train.set_defaults(func=_cmd_train)
+
+    status = actions.add_parser("status", help="a kernel version's state, failure message and last log lines")
+    status.add_argument("kernel", metavar="OWNER/SLUG[/VERSION]")
+    status.add_argument("--lines", type=int, default=LOG_LINES, help="log lines to show [%(default)s]")
+    status.set_defaults(func=_cmd_status)
+
+    pull = actions.add_parser("pull", help="download a version's output and install its verified folds")
+    pull.add_argument("kernel", metavar="OWNER/SLUG")
+    pull.add_argument("--version", type=positive_int, default=None, help="that version [the latest]")
+    pull.add_argument(
+        "--data", default=None, help=DATA_HELP + "; the folds are checked against its train.csv"
+    )
+    pull.add_argument("--output", default="output", help="output root the folds go into [%(default)s]")
+    pull.add_argument("--exp-dir", default="exp", help="where the experiment files are [%(default)s]")
+    pull.add_argument("--overwrite", action="store_true", help="replace local folds that differ")
+    pull.add_argument(
+        "--from",
+        dest="from_dir",
+        default=None,
+        metavar="DIR",
+        help="a version's output downloaded before (kaggle kernels output OWNER/SLUG -p DIR): "
+        "no call to Kaggle",
+    )
+    pull.set_defaults(func=_cmd_pull)
+
+    submit = actions.add_parser(
+        "submit", help="build and push the inference kernel of an ensemble; submit a version that ran"
+    )
+    submit.add_argument("ensemble", help="OUTPUT/ensembles/NAME.json")
+    submit.add_argument("--name", required=True, help="kernel slug (kernels/NAME and kernels/NAME-dataset)")
+    submit.add_argument("--user", default=None, help=user_help)
+    submit.add_argument("--message", default=None, help="submission description [ensemble name and CV F1]")
+    submit.add_argument("--out", default="kernels", help="where the two folders go [%(default)s]")
+    submit.add_argument(
+        "--output", default=None, help="experiments' output root [the folder above ensembles/]"
+    )
+    submit.add_argument("--overwrite", action="store_true", help="replace folders holding another kernel")
+    submit.add_argument(
+        "--no-push", action="store_true", help="build the folders only and say how to push them"
+    )
+    submit.add_argument(
+        "--version",
+        type=positive_int,
+        default=None,
+        help="submit this version of OWNER/NAME, which must have run to the end (no build, no push)",
+    )
+    submit.set_defaults(func=_cmd_submit)
