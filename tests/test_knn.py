@@ -226,3 +226,25 @@ def test_queries_search_only_from_those_rows(backend: str) -> None:
     with pytest.raises(ShopeeError, match="outside 0..299"):
         knn_pairs(x, 9, backend=backend, queries=np.array([300]))
     assert len(knn_pairs(x, 9, backend=backend, queries=np.array([], dtype=np.int64))) == 0
+
+
+def test_rerank_among_every_row_is_the_exact_search() -> None:
+    """rerank_pairs restricted to candidates holding every other row equals knn_pairs (the
+    independent oracle above: sklearn's brute force agrees with it)."""
+    from shopee.match.knn import rerank_pairs
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 16)).astype(np.float32)
+    everyone = knn_pairs(rng.normal(size=(120, 16)), k=119)  # another space: only the candidate set counts
+    for queries in (None, np.array([3, 17, 64, 119])):
+        exact = knn_pairs(x, k=10, queries=queries)
+        reranked = rerank_pairs(x, everyone, 10, queries=queries)
+        np.testing.assert_array_equal(reranked.rows, exact.rows)
+        np.testing.assert_array_equal(reranked.cols, exact.cols)
+        np.testing.assert_allclose(reranked.sims, exact.sims, atol=1e-5)
+    # a row's neighbours can only be its candidates
+    few = knn_pairs(x, k=5)
+    reranked = rerank_pairs(rng.normal(size=(120, 16)), few, 3)
+    allowed = set(zip(few.rows.tolist(), few.cols.tolist(), strict=True))
+    assert set(zip(reranked.rows.tolist(), reranked.cols.tolist(), strict=True)) <= allowed
+    assert reranked.counts().max() == 3

@@ -15,6 +15,7 @@ from shopee.match import (
     PARAMS_VERSION,
     Pairs,
     combine,
+    knn_pairs,
     match,
     matches_to_strings,
     member_candidates,
@@ -535,3 +536,37 @@ def test_candidates_of_some_rows_equal_the_full_rule_on_them() -> None:
     whole = score_pairs(*match(params, n, **inputs).with_self(), groups)
     part = score_pairs(*combine(params, some, n).with_self(), groups)
     np.testing.assert_array_equal(part.f1[queries], whole.f1[queries])
+
+
+def test_blend_candidates_of_every_row_give_the_exact_rule() -> None:
+    """A blended space searched among each row's ``blend_candidates`` nearest plain neighbours: with
+    as many candidates as rows it is the exact rule; with fewer, each blended neighbour is one of
+    the row's plain candidates; the field is validated and kept by validate_params."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 24))
+    x = np.repeat(centres, 4, axis=0) + 0.6 * rng.normal(size=(120, 24))
+    params = {
+        "version": 1,
+        "members": [emb("e", 0.5, blend=[0.6, 0.7])],
+        "min2": {"member": "e", "threshold": 0.3},
+    }
+    exact = match(params, 120, embeddings={"e": x})
+    wide = match({**params, "blend_candidates": 119}, 120, embeddings={"e": x})
+
+    def by_pair(p: Pairs) -> dict[tuple[int, int], float]:  # near-equal similarities may swap places
+        return {(int(r), int(c)): float(v) for r, c, v in zip(p.rows, p.cols, p.sims, strict=True)}
+
+    assert by_pair(wide).keys() == by_pair(exact).keys() and len(exact) > 120
+    np.testing.assert_allclose(
+        list(by_pair(wide).values()), [by_pair(exact)[k] for k in by_pair(wide)], atol=1e-5
+    )
+
+    narrow = member_candidates(emb("e", 0.0, blend=[0.6, 0.7]), 120, embeddings={"e": x}, blend_candidates=51)
+    plain = knn_pairs(x, k=51)  # each row's 51 nearest others in the plain space
+    allowed = set(zip(plain.rows.tolist(), plain.cols.tolist(), strict=True))
+    assert set(zip(narrow.rows.tolist(), narrow.cols.tolist(), strict=True)) <= allowed
+
+    assert validate_params({**params, "blend_candidates": 100})["blend_candidates"] == 100
+    assert "blend_candidates" not in validate_params(params)  # absent: every row, as before
+    with pytest.raises(ShopeeError, match=r"blend_candidates: 20 is outside 51\.\.1000"):
+        validate_params({**params, "blend_candidates": 20})

@@ -152,6 +152,7 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
         force_pair_model=args.force_pair_model,
         test_rows=args.test_rows,
         fold_combination=args.fold_combination,
+        exact_blending=args.exact_blending,
     )
     ensemble = read_ensemble(output / "ensembles" / f"{args.name}.json")
     print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -384,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="dense",
         help="maximize F1 on: dense (each fold's validation rows among its training rows too, at "
         "train's density), fold (within each fold), all (all OOF rows, folds' spaces mixed) [%(default)s]",
+    )
+    opt.add_argument(
+        "--exact-blending",
+        action="store_true",
+        help="search a blended space over every row, not among each row's 100 nearest in the plain "
+        "space (slower; the rule then does the same in predict)",
     )
     opt.add_argument(
         "--heldout",

@@ -51,6 +51,10 @@ REFINE_STEPS = (0.05, 0.02, 0.01)
 # at train's size). The last stage moves in every step: it only changes the final search, which
 # runs from the scored rows alone.
 BLEND_STEP = 0.05
+# The rules the search writes search a blended space among each row's 100 nearest in the plain
+# space (params' ``blend_candidates``; predict does the same): no search over every row per
+# blending threshold tried. ``bench match --search --exact-blending`` measures it against None.
+BLEND_CANDIDATES = 100
 FLOOR_MARGIN = 0.25
 SIZE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # nested shares of the dense sets' groups
 
@@ -90,8 +94,11 @@ def embedding_members(oof: OOFSet) -> tuple[list[dict[str, Any]], dict[str, list
     return members, combined
 
 
-def _params(members: list[dict[str, Any]], min2: dict | None = None) -> dict[str, Any]:
-    return {"version": PARAMS_VERSION, "k": K, "members": members, "min2": min2, "unit_filter": False}
+def _params(
+    members: list[dict[str, Any]], min2: dict | None = None, blend_candidates: int | None = BLEND_CANDIDATES
+) -> dict[str, Any]:
+    params = {"version": PARAMS_VERSION, "k": K, "members": members, "min2": min2, "unit_filter": False}
+    return {**params, "blend_candidates": blend_candidates} if blend_candidates else params
 
 
 def _best_alone(
@@ -181,13 +188,18 @@ def search(
     progress: Callable[[str], None] = print,
     blend_stages: int = 2,
     desc: str = "optimize-ensemble",
+    blend_candidates: int | None = BLEND_CANDIDATES,
 ) -> SearchResult:
     """Coarse search then coordinate refinement; see the module docstring.
 
     Blending is the costly step (each tried stage threshold is one more kNN search per universe);
-    ``blend_stages=0`` skips it.
+    ``blend_stages=0`` skips it. ``blend_candidates``: the rule's field (None: blended spaces
+    searched over every row).
     """
     ticks = Progress(None, desc, unit="rules scored")
+
+    def rule(members: list[dict[str, Any]], min2: dict | None = None) -> dict[str, Any]:
+        return _params(members, min2, blend_candidates)
 
     def evaluate(params: dict[str, Any]) -> Scores:
         ticks.update()
@@ -205,8 +217,8 @@ def search(
 
     steps: list[dict[str, Any]] = []
     members = [copy.deepcopy(alone[ranked[0]["name"]]["member"])]
-    best = evaluate(_params(members))
-    steps.append(_step(f"{members[0]['name']} alone", _params(members), best))
+    best = evaluate(rule(members))
+    steps.append(_step(f"{members[0]['name']} alone", rule(members), best))
 
     # Union: add members while they help; a union wants each member stricter than alone.
     for m in ranked[1:]:
@@ -219,12 +231,12 @@ def search(
                 cand["max_distance"] = max(0, base["max_distance"] - offset)
             else:
                 cand["threshold"] = round(min(0.99, base["threshold"] + offset), 2)
-            tried.append((evaluate(_params(members + [cand])), cand))
+            tried.append((evaluate(rule(members + [cand])), cand))
         scores, cand = max(tried, key=lambda t: t[0].value(objective))
         if scores.value(objective) > best.value(objective) + 1e-6:
             members.append(cand)
             best = scores
-            steps.append(_step(f"+ {cand['name']}", _params(members), best))
+            steps.append(_step(f"+ {cand['name']}", rule(members), best))
 
     # min2 on the best embedding member of the union.
     min2 = None
@@ -233,12 +245,12 @@ def search(
         tried = []
         for threshold in MIN2_GRID:
             cand = {"member": embedding_names[0], "threshold": threshold}
-            tried.append((evaluate(_params(members, cand)), cand))
+            tried.append((evaluate(rule(members, cand)), cand))
         scores, cand = max(tried, key=lambda t: t[0].value(objective))
         if scores.value(objective) > best.value(objective) + 1e-6:
             min2, best = cand, scores
             steps.append(
-                _step(f"+ min2 ({cand['member']} >= {cand['threshold']})", _params(members, min2), best)
+                _step(f"+ min2 ({cand['member']} >= {cand['threshold']})", rule(members, min2), best)
             )
 
     # Neighbourhood blending: up to blend_stages stages per embedding member, each with its threshold.
@@ -257,15 +269,15 @@ def search(
                 ):
                     cand = {**cand, "threshold": min(0.99, final)}
                     trial = members[:i] + [cand] + members[i + 1 :]
-                    tried.append((evaluate(_params(trial, min2)), cand))
+                    tried.append((evaluate(rule(trial, min2)), cand))
             scores, cand = max(tried, key=lambda t: t[0].value(objective))
             if scores.value(objective) <= best.value(objective) + 1e-6:
                 break
             members[i] = m = cand
             best = scores
-            steps.append(_step(f"+ blend {m['name']} {m['blend']}", _params(members, min2), best))
+            steps.append(_step(f"+ blend {m['name']} {m['blend']}", rule(members, min2), best))
 
-    params, best = refine(scorer, _params(members, min2), objective, best, ticks.update)
+    params, best = refine(scorer, rule(members, min2), objective, best, ticks.update)
     steps.append(_step("refined thresholds", params, best))
     ticks.close()
     return SearchResult(validate_params(params), best, alone, steps)
@@ -276,7 +288,12 @@ def _step(label: str, params: dict[str, Any], scores: Scores) -> dict[str, Any]:
 
 
 def heldout(
-    scorer: Scorer, pool: list[dict[str, Any]], objective: str, blend_stages: int, log: Callable[[str], None]
+    scorer: Scorer,
+    pool: list[dict[str, Any]],
+    objective: str,
+    blend_stages: int,
+    log: Callable[[str], None],
+    blend_candidates: int | None = BLEND_CANDIDATES,
 ) -> dict[str, Any] | None:
     """The search run once per fold with that fold left out, its rule scored on the fold left out.
 
@@ -299,6 +316,7 @@ def heldout(
             progress=lambda _: None,
             blend_stages=blend_stages,
             desc=f"held-out fold {fold}",
+            blend_candidates=blend_candidates,
         )
         per_fold[fold] = test.score(result.params).value(objective)
         tuned[str(fold)] = result.params
@@ -397,6 +415,7 @@ def optimize_ensemble(
     force_pair_model: bool = False,
     test_rows: int = TEST_ROWS,
     fold_combination: str = FOLD_COMBINATIONS[0],
+    exact_blending: bool = False,
 ) -> dict[str, Any]:
     """Load the experiments' OOF, search the params, write ``<output>/ensembles/NAME.json`` and
     the report folder; returns the summary printed as the last line.
@@ -468,13 +487,16 @@ def optimize_ensemble(
         f"optimizing {name} on {objective}: {len(oof.index)} OOF rows (sets: {sizes}), {len(pool)} members",
         flush=True,
     )
-    result = search(scorer, pool, objective, blend_stages=blend_stages)
+    blend_candidates = None if exact_blending else BLEND_CANDIDATES
+    result = search(scorer, pool, objective, blend_stages=blend_stages, blend_candidates=blend_candidates)
     scores = result.scores
 
     held = None
     if heldout_estimate:
         print("held-out estimate (the search again without each fold, scored on it):", flush=True)
-        held = heldout(scorer, pool, objective, blend_stages, lambda line: print(line, flush=True))
+        held = heldout(
+            scorer, pool, objective, blend_stages, lambda line: print(line, flush=True), blend_candidates
+        )
     pairs = None
     if pair_model:
         if not oof.has_dense:

@@ -196,21 +196,32 @@ class Scorer:
     def of(self, objective: str) -> list[Universe]:
         return [u for u in self.universes if u.objective == objective]
 
-    def candidates(self, member: dict[str, Any], universe: Universe) -> Pairs:
-        """The member's candidates on ``universe``; once a floor is set for the member, only pairs
-        at or above it (and each row's nearest, for min2): scoring then touches far fewer pairs."""
+    def candidates(
+        self, member: dict[str, Any], universe: Universe, blend_candidates: int | None = None
+    ) -> Pairs:
+        """The member's candidates on ``universe`` (``blend_candidates`` as the params' field); once
+        a floor is set for the member, only pairs at or above it (and each row's nearest, for min2):
+        scoring then touches far fewer pairs."""
         key = {k: v for k, v in member.items() if k not in ("threshold", "name")}
+        if blend_candidates and member.get("blend"):
+            key["blend_candidates"] = blend_candidates
         cache_key = (json.dumps(key, sort_keys=True), universe.name)
         floor = self.floors.get(member["name"])
         if floor is None:
-            return self._full(member, cache_key, universe)
+            return self._full(member, cache_key, universe, blend_candidates)
         pruned_key = (*cache_key, floor)
         if pruned_key not in self._pruned:
-            full = self._full(member, cache_key, universe)
+            full = self._full(member, cache_key, universe, blend_candidates)
             self._pruned[pruned_key] = full.select((full.sims >= floor) | (full.positions() == 0))
         return self._pruned[pruned_key]
 
-    def _full(self, member: dict[str, Any], cache_key: tuple[str, str], universe: Universe) -> Pairs:
+    def _full(
+        self,
+        member: dict[str, Any],
+        cache_key: tuple[str, str],
+        universe: Universe,
+        blend_candidates: int | None,
+    ) -> Pairs:
         if cache_key not in self._cache:
             source = member.get("source")
             self._cache[cache_key] = member_candidates(
@@ -223,11 +234,13 @@ class Scorer:
                 backend=self.backend,
                 device=self.device,
                 queries=universe.scored,  # only scored rows' matches count: search from them alone
+                blend_candidates=blend_candidates,
             )
         return self._cache[cache_key]
 
     def row_scores(self, params: dict[str, Any], universe: Universe) -> RowScores:
-        candidates = {m["name"]: self.candidates(m, universe) for m in params["members"]}
+        blend = params.get("blend_candidates")
+        candidates = {m["name"]: self.candidates(m, universe, blend) for m in params["members"]}
         pairs = combine(params, candidates, universe.n, titles=universe.titles)
         if universe.name not in self._sizes:
             self._sizes[universe.name] = group_sizes(universe.labels)

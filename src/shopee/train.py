@@ -522,13 +522,13 @@ def _one_epoch(
         log(f"protonce: instance accuracy {accuracy[0]:.3f}, prototype accuracy {accuracy[1]:.3f}")
     run.history.append(entry)
     tracker.epoch(entry)
-    log(
-        f"epoch {e + 1}/{run.epochs} loss {loss:.4f} margin {margin:.2f} "
-        + " ".join(
-            f"{k} F1 {s['f1']:.4f}@{s['threshold']:.2f} R@1 {s['recall@1']:.3f}" for k, s in scores.items()
-        )
-        + f" ({entry['seconds']:.0f} s)"
-    )
+    scored = [f"{k} F1 {s['f1']:.4f}@{s['threshold']:.2f} R@1 {s['recall@1']:.3f}" for k, s in scores.items()]
+    line = [
+        f"epoch {e + 1}/{run.epochs} loss {loss:.4f} margin {margin:.2f}",
+        *scored,
+        f"({entry['seconds']:.0f} s)",
+    ]
+    log(" ".join(line))
     dist = run.dist
     if dist.enabled:
         checksum = float(sum(p.detach().double().sum().item() for p in run.model.parameters()))

@@ -58,6 +58,7 @@ def _cmd_bench_match(args: argparse.Namespace) -> None:
         blend_stages=args.blend_stages,
         seed=args.seed,
         backend=args.backend,
+        exact_blending=args.exact_blending,
     )
 
 
@@ -245,6 +246,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     )
     bench_match.add_argument(
         "--blend-stages", type=int, default=None, help="blending stages --search tries [the search's default]"
+    )
+    bench_match.add_argument(
+        "--exact-blending", action="store_true", help="with --search: blended spaces searched over every row"
     )
     bench_match.add_argument("--seed", type=int, default=0, help="random seed [%(default)s]")
     add_backend(bench_match)

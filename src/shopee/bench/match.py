@@ -205,6 +205,7 @@ def run_search(
     blend_stages: int | None = None,
     objective: str = "dense",
     phases_too: bool = False,
+    exact_blending: bool = False,
 ) -> dict:
     """``ensemble.search`` over three embedding members on synthetic OOF rows in five folds
     (``blend_stages``: passed to the search when given, else its default); with ``phases_too``
@@ -212,7 +213,7 @@ def run_search(
     timed. For the dense
     objective each fold's training rows are the other folds' rows, in the same synthetic space:
     every scored row is matched among all ``rows``, as on the real train set."""
-    from shopee.ensemble import embedding_members, heldout, search, size_curve
+    from shopee.ensemble import BLEND_CANDIDATES, embedding_members, heldout, search, size_curve
     from shopee.folds import DataFingerprint
     from shopee.oof import DenseFold, OOFSet
     from shopee.scoring import Scorer, build_universes
@@ -250,13 +251,14 @@ def run_search(
     clear_knn_cache()
     started = time.perf_counter()
     options = {} if blend_stages is None else {"blend_stages": blend_stages}
-    result = search(scorer, pool, objective, progress=_log, **options)
+    blend_candidates = None if exact_blending else BLEND_CANDIDATES
+    result = search(scorer, pool, objective, progress=_log, blend_candidates=blend_candidates, **options)
     seconds = time.perf_counter() - started
     phases = {"search_s": round(seconds, 3)}
     if phases_too:  # what optimize-ensemble runs after the search, each timed
         stages = options.get("blend_stages", 2)
         mark = time.perf_counter()
-        held = heldout(scorer, pool, objective, stages, _log)
+        held = heldout(scorer, pool, objective, stages, _log, blend_candidates)
         phases["heldout_s"] = round(time.perf_counter() - mark, 3)
         mark = time.perf_counter()
         size_curve(scorer, result.params, objective, _log)
@@ -267,6 +269,7 @@ def run_search(
         "folds": len(folds),
         "objective": objective,
         "blend_stages": "default" if blend_stages is None else blend_stages,
+        "blend_candidates": blend_candidates,
         "members": [m["name"] for m in pool],
         **phases,
         "evaluations": scorer.evaluations,
@@ -430,7 +433,8 @@ def _print_search(r: dict) -> None:
     ]
     print(
         f"threshold search on {r['rows']} OOF rows, {r['folds']} folds, blending stages "
-        f"{r['blend_stages']}, members {', '.join(r['members'])}:"
+        f"{r['blend_stages']} (blended spaces searched among {r['blend_candidates'] or 'all'} candidates), "
+        f"members {', '.join(r['members'])}:"
     )
     print(_table(rows))
 
@@ -448,6 +452,7 @@ def run_bench(
     seed: int = 0,
     backend: str = "torch",
     device: str = "cpu",
+    exact_blending: bool = False,
 ) -> dict[str, Any]:
     """Run the parts asked for (``rule``, or ``search`` when asked), print a table per part,
     then one JSON line; returns that JSON object."""
@@ -472,7 +477,14 @@ def run_bench(
     params = default_params()
     if search:
         result["search"] = run_search(
-            search_rows, dim, seed, backend, device, blend_stages, phases_too=search_phases
+            search_rows,
+            dim,
+            seed,
+            backend,
+            device,
+            blend_stages,
+            phases_too=search_phases,
+            exact_blending=exact_blending,
         )
         _print_search(result["search"])
     elif pair_model:

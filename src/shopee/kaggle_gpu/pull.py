@@ -15,7 +15,6 @@ sha256). A local fold that differs from the download is kept unless ``overwrite`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -99,14 +98,10 @@ def output_root(downloaded: Path) -> Path:
 
 def file_digests(folder: Path) -> dict[str, tuple[int, str]]:
     """Every file under ``folder``: relative path -> (size, sha256)."""
-    digests = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digests[path.relative_to(folder).as_posix()] = (path.stat().st_size, digest.hexdigest())
-    return digests
+    from shopee.kernel.bundle import sha256
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, sha256(p)) for p in files}
 
 
 def _plain(value: Any) -> Any:

@@ -186,7 +186,7 @@ class Bundle:
         m = self.manifest
         return (
             f"kernel {m['slug']}: ensemble {m['ensemble']} (CV F1 {m['cv_f1']:.4f}, {m['objective']}), built "
-            f"{m['built_at']} from commit {m['git_commit']}; {len(m['folds'])} fold models "
+            f"{m['built_at']} from commit {m['git_commit']}; {len(m['folds'])} models "
             f"({', '.join(m['folds'])}); {len(m['files'])} files, {size_mib(m):.1f} MiB"
         )
 

@@ -13,13 +13,14 @@ nobody's neighbour, so such a posting predicts itself only. Non-finite values ar
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import numpy as np
 import torch
 
 from shopee.constants import MAX_OTHERS
 from shopee.errors import ShopeeError
-from shopee.match.pairs import Pairs
+from shopee.match.pairs import Pairs, top_k_pairs
 
 BACKENDS = ("torch", "faiss", "cuml", "auto")
 DEFAULT_CHUNK_BYTES = 512 * 2**20
@@ -226,3 +227,42 @@ def knn_pairs(
     out_rows = np.repeat(valid[search].astype(np.int64), k)
     out_cols = valid[cols.ravel()].astype(np.int64)
     return Pairs(out_rows, out_cols, sims.ravel().astype(np.float32, copy=False), n)
+
+
+def rerank_pairs(
+    embeddings: np.ndarray,
+    candidates: Pairs,
+    k: int,
+    queries: np.ndarray | None = None,
+    normalized: bool = False,
+) -> Pairs:
+    """The ``k`` most similar of each row's ``candidates`` by cosine on ``embeddings``, best first:
+    ``knn_pairs`` restricted to a candidate set (the very same pairs when every row's candidates
+    hold its ``k`` nearest). ``queries``: only these rows' pairs. Rows without candidates (a zero
+    row of the space the candidates were searched in) get none. ``normalized``: the rows are
+    L2-normalized already (a blended space), so not again.
+
+    The candidates' similarities are one sampled matrix product (``torch.sparse.sampled_addmm``
+    over the candidates as a CSR mask): no gathered copies of rows, about a tenth of a full search's
+    time for 100 candidates a row at 34,250 rows."""
+    x = np.asarray(embeddings, dtype=np.float32) if normalized else normalize_rows(embeddings)
+    n = candidates.n
+    pairs = candidates
+    if queries is not None:
+        asked = np.zeros(n, dtype=bool)
+        asked[np.asarray(queries, dtype=np.int64)] = True
+        pairs = candidates.select(asked[candidates.rows])
+    if not len(pairs):
+        return Pairs.empty(n)
+    crow = np.concatenate([[0], np.cumsum(np.bincount(pairs.rows, minlength=n))])  # pairs sorted by row
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta", invariant checks off
+        mask = torch.sparse_csr_tensor(
+            torch.from_numpy(crow.astype(np.int64)),
+            torch.from_numpy(np.ascontiguousarray(pairs.cols, dtype=np.int64)),
+            torch.zeros(len(pairs), dtype=torch.float32),
+            size=(n, n),
+        )
+        rows = torch.from_numpy(x)
+        sims = torch.sparse.sampled_addmm(mask, rows, rows.T, beta=0.0).values().numpy()
+    return top_k_pairs(pairs.rows, pairs.cols, sims, n, k)

@@ -47,7 +47,7 @@ class Pairs:
 
     def positions(self) -> np.ndarray:
         """Each pair's place in its row's list, 0 for the row's first (pairs sorted by row)."""
-        return np.arange(len(self.rows)) - np.searchsorted(self.rows, self.rows, side="left")
+        return places_in_rows(self.rows, self.n)
 
     def row_bounds(self) -> np.ndarray:
         """``n + 1`` offsets: row ``i``'s pairs are ``[bounds[i], bounds[i + 1])`` (pairs sorted by row)."""
@@ -57,6 +57,14 @@ class Pairs:
         """Predicted ``(rows, cols)`` including each row's match with itself."""
         idx = np.arange(self.n, dtype=np.int64)
         return np.concatenate([idx, self.rows]), np.concatenate([idx, self.cols])
+
+
+def places_in_rows(rows: np.ndarray, n: int) -> np.ndarray:
+    """Each entry's place among the entries of its row (``rows`` sorted, values in 0..n-1): one
+    pass, where a binary search per entry costs a log factor on millions of pairs."""
+    counts = np.bincount(rows, minlength=n)
+    starts = np.cumsum(counts) - counts
+    return np.arange(len(rows)) - starts[rows]
 
 
 def top_k_pairs(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k: int) -> Pairs:
@@ -73,8 +81,7 @@ def top_k_pairs(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int, k:
     else:
         order = np.lexsort((-sims, rows))
     rows, cols, sims = rows[order], cols[order], sims[order]
-    starts = np.searchsorted(rows, rows, side="left")
-    keep = (np.arange(len(rows)) - starts) < k
+    keep = places_in_rows(rows, n) < k
     return Pairs(rows[keep].astype(np.int64), cols[keep].astype(np.int64), sims[keep], n)
 
 
@@ -147,8 +154,7 @@ def best_per_row(pairs: Pairs) -> Pairs:
 def neighbour_matrix(pairs: Pairs, k: int) -> np.ndarray:
     """``n x k`` neighbour indices, best first, padded with -1 (for Recall@K)."""
     out = np.full((pairs.n, k), -1, dtype=np.int64)
-    starts = np.searchsorted(pairs.rows, pairs.rows, side="left")
-    rank = np.arange(len(pairs.rows)) - starts
+    rank = pairs.positions()
     keep = rank < k
     out[pairs.rows[keep], rank[keep]] = pairs.cols[keep]
     return out

@@ -9,7 +9,8 @@ Params are a JSON-serializable dict (``PARAMS_VERSION`` 1)::
         {"name": "tfidf", "type": "tfidf", "threshold": 0.6, "analyzer": "word"},
         {"name": "phash", "type": "phash", "max_distance": 0}],
      "min2": {"member": "fused", "threshold": 0.3},
-     "unit_filter": false}
+     "unit_filter": false,
+     "blend_candidates": 100}
 
 ``k`` counts the posting itself (at most 51: a Shopee group has at most 51 postings), so a row
 matches at most ``k - 1`` others. The rule, for ``n`` postings:
@@ -20,7 +21,12 @@ matches at most ``k - 1`` others. The rule, for ``n`` postings:
    - ``embedding``: the rows of ``embeddings[source]``, L2-normalized. Each ``blend`` stage
      threshold ``t`` in turn replaces every embedding by the similarity-weighted sum of itself
      (weight 1) and its ``k - 1`` nearest neighbours with similarity ``>= t`` (weights: the
-     similarities), re-normalized. Then the ``k - 1`` nearest neighbours by cosine.
+     similarities), re-normalized. Then the ``k - 1`` nearest neighbours by cosine. With
+     ``blend_candidates`` N (optional; absent: every row), the neighbours of a blended embedding
+     are searched among each row's N nearest in the member's plain space (``rerank_pairs``):
+     blending pulls a row towards rows it was already near, so its new neighbours are found there,
+     and a blended space costs no search over every row (what makes the threshold search practical
+     at train's size; ``bench match --search`` measures what it changes).
    - ``tfidf``: TF-IDF cosine neighbours of the titles (``analyzer`` "word", "char_wb" or "both",
      optional ``ngram_range``) with similarity ``>= min_sim`` (default 0.2; a ``threshold`` below
      ``min_sim`` acts as ``min_sim``), ``k - 1`` best.
@@ -55,7 +61,7 @@ from scipy import sparse
 
 from shopee.constants import K as K_MAX
 from shopee.errors import ShopeeError
-from shopee.match.knn import knn_pairs, normalize_rows
+from shopee.match.knn import knn_pairs, normalize_rows, rerank_pairs
 from shopee.match.pairs import Pairs, best_per_row, top_k_pairs, union_pairs
 from shopee.match.phash import phash_pairs
 from shopee.match.text import ANALYZERS, tfidf_pairs
@@ -83,7 +89,8 @@ def _knn_cache_budget() -> int:
 
 KNN_CACHE_BYTES = _knn_cache_budget()
 
-_TOP_FIELDS = ("version", "k", "members", "min2", "unit_filter")
+_TOP_FIELDS = ("version", "k", "members", "min2", "unit_filter", "blend_candidates")
+MAX_BLEND_CANDIDATES = 1000
 _MEMBER_FIELDS = {
     "embedding": ("name", "type", "source", "threshold", "blend"),
     "tfidf": ("name", "type", "threshold", "analyzer", "ngram_range", "min_sim"),
@@ -210,9 +217,12 @@ def validate_params(params: Any) -> dict[str, Any]:
     unit_filter = params.get("unit_filter", False)
     if not isinstance(unit_filter, bool):
         _fail("unit_filter", f"expected true or false, got {unit_filter!r}")
-    return copy.deepcopy(
-        {"version": PARAMS_VERSION, "k": k, "members": checked, "min2": min2, "unit_filter": unit_filter}
-    )
+    out = {"version": PARAMS_VERSION, "k": k, "members": checked, "min2": min2, "unit_filter": unit_filter}
+    if params.get("blend_candidates") is not None:
+        out["blend_candidates"] = _integer(
+            params["blend_candidates"], "blend_candidates", k, MAX_BLEND_CANDIDATES
+        )
+    return copy.deepcopy(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,17 +316,43 @@ def member_space(
     backend: str = "torch",
     device: str = "cpu",
     timings: dict[str, float] | None = None,
+    blend_candidates: int | None = None,
 ) -> np.ndarray:
     """An embedding member's rows as it matches them: L2-normalized, after its blending stages."""
+    return _blended(member, n, embeddings, k, backend, device, timings, blend_candidates)[0]
+
+
+def _blended(
+    member: Mapping[str, Any],
+    n: int,
+    embeddings: Mapping[str, Any] | None,
+    k: int,
+    backend: str,
+    device: str,
+    timings: dict[str, float] | None,
+    blend_candidates: int | None,
+) -> tuple[np.ndarray, Pairs | None]:
+    """``member_space`` and, with ``blend_candidates`` and blending, the plain space's candidate
+    neighbours every blended space is searched among."""
     m = _validate_member(member, f"member {member.get('name', '?')!r}")
     name = m["name"]
     x = normalize_rows(_embedding(m, n, embeddings), what=f"member {name!r}: embeddings {m['source']!r}")
+    base = None
+    if blend_candidates and m["blend"]:
+        with _timed(timings, f"knn:{name}:candidates"):
+            base = _knn(x, blend_candidates, backend, device)
     for stage, threshold in enumerate(m["blend"], start=1):
         with _timed(timings, f"knn:{name}:blend{stage}"):
-            neighbours = _knn(x, k - 1, backend, device).above(threshold)
+            if base is None:
+                neighbours = _knn(x, k - 1, backend, device)
+            elif stage == 1:  # the plain space: its k - 1 nearest lead the candidates
+                neighbours = base.select(base.positions() < k - 1)
+            else:
+                neighbours = rerank_pairs(x, base, k - 1, normalized=True)
+            neighbours = neighbours.above(threshold)
         with _timed(timings, f"blend:{name}:{stage}"):
             x = blend_embeddings(x, neighbours)
-    return x
+    return x, base
 
 
 def member_candidates(
@@ -331,13 +367,16 @@ def member_candidates(
     device: str = "cpu",
     timings: dict[str, float] | None = None,
     queries: np.ndarray | None = None,
+    blend_candidates: int | None = None,
 ) -> Pairs:
     """Candidates of one member before its final threshold, ``k - 1`` at most per row (``k``
     counts the row itself, as params' ``k``); see the module doc. ``queries`` (sorted row
     indices): only these rows' candidates, the same as without it (blending still uses every row;
-    the final neighbour search runs from these rows only). ``timings`` (if given) gets
-    seconds under ``knn:<name>:blend<stage>`` (a blending stage's search) and ``blend:<name>:<stage>``
-    (its weighted sums), ``knn:<name>``, ``tfidf:<name>`` or ``phash:<name>``."""
+    the final neighbour search runs from these rows only). ``blend_candidates``: as the params'
+    field. ``timings`` (if given) gets seconds under ``knn:<name>:blend<stage>`` (a blending
+    stage's search), ``knn:<name>:candidates`` (the plain space's ``blend_candidates`` nearest),
+    ``blend:<name>:<stage>`` (its weighted sums), ``knn:<name>``, ``tfidf:<name>`` or
+    ``phash:<name>``."""
     m = _validate_member(
         member, f"member {member.get('name', '?')!r}" if isinstance(member, Mapping) else "member"
     )
@@ -345,8 +384,10 @@ def member_candidates(
     others = k - 1
     name = m["name"]
     if m["type"] == "embedding":
-        x = member_space(m, n, embeddings, k, backend, device, timings)
+        x, base = _blended(m, n, embeddings, k, backend, device, timings, blend_candidates)
         with _timed(timings, f"knn:{name}"):
+            if base is not None:
+                return rerank_pairs(x, base, others, queries, normalized=True)
             return _knn(x, others, backend, device, queries)
     if m["type"] == "tfidf":
         _check_rows(titles, n, "titles", m)
@@ -452,6 +493,7 @@ def match(
             backend=backend,
             device=device,
             timings=timings,
+            blend_candidates=params.get("blend_candidates"),
         )
         for m in params["members"]
     }

@@ -121,6 +121,7 @@ def candidates(
             backend=backend,
             device=device,
             queries=queries,
+            blend_candidates=params.get("blend_candidates"),
         )
         neighbours += time.perf_counter() - started
         lists[m["name"]] = found
@@ -220,7 +221,9 @@ def features(
     for m in params["members"]:
         p, lists = m["name"], cands.lists[m["name"]]
         if m["type"] == "embedding":
-            x = member_space(m, n, embeddings, K, backend, device)
+            x = member_space(
+                m, n, embeddings, K, backend, device, blend_candidates=params.get("blend_candidates")
+            )
             sims = _rowwise_dot(x, a, b)
         elif m["type"] == "tfidf":
             x = tfidf_matrix(titles, m.get("analyzer", "word"), m.get("ngram_range"))
