@@ -201,6 +201,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 def _cmd_build_kernel(args: argparse.Namespace) -> None:
     from shopee.kernel import build_kernel
+    from shopee.kernel import metadata as meta
     from shopee.kernel.bundle import size_mib
 
     kernel = build_kernel(
@@ -228,8 +229,8 @@ def _cmd_build_kernel(args: argparse.Namespace) -> None:
     print(f"notebook {kernel.notebook} (kernel {m['kernel']}, accelerator {args.accelerator}, internet off)")
     print(f"dataset  {kernel.dataset_dir}: {len(m['files'])} files, {size:.1f} MiB, {len(m['folds'])} folds")
     print("upload (a new version of the dataset later: kaggle datasets version ... -m NOTE):")
-    print(f"  kaggle datasets create -p {kernel.dataset_dir} --dir-mode zip")
-    print(f"  kaggle kernels push -p {kernel.notebook_dir}")
+    print(f"  {meta.dataset_upload_command(kernel.dataset_dir)}")
+    print(f"  {meta.kernel_push_command(kernel.notebook_dir)}")
     print(f"try it here first: python -m shopee run-kernel {kernel.notebook_dir} --data DIR")
     print(
         json.dumps(

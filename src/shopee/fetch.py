@@ -321,6 +321,8 @@ def add_fetch_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> None:
+    from shopee.kernel.metadata import dataset_upload_command
+
     out = Path(args.out)
     wanted = wanted_models(args.experiments, args.set, args.image_model, args.text_model)
     check_out(out)  # before any download
@@ -336,7 +338,7 @@ def _cmd_fetch(args: argparse.Namespace) -> None:
         f"upload as Kaggle dataset {meta.get('id')} (a new version later: kaggle datasets version -p {out} "
         "--dir-mode zip -m NOTE):"
     )
-    print(f"  kaggle datasets create -p {out} --dir-mode zip")
+    print(f"  {dataset_upload_command(out)}")
     print(
         f"use it offline: export {WEIGHTS_ENV}={out.resolve()} (here), or attach the dataset to a Kaggle "
         f"notebook (its {WEIGHTS_MANIFEST} is found under {KAGGLE_INPUT})"

@@ -85,12 +85,25 @@ def load_folds(data_dir: str | Path, train: pd.DataFrame, n_folds: int = 5) -> n
         if path.is_file():
             return _read_folds(path, train, n_folds)
     folds = make_folds(train["label_group"].to_numpy(), n_folds)
-    table = pd.DataFrame({"posting_id": train["posting_id"], "fold": folds})
-    try:
-        write_csv(local, table)
-    except OSError:
-        write_csv(cached, table)
+    _save_folds(data_dir, train, folds, n_folds)
     return folds
+
+
+def write_folds(path: str | Path, train: pd.DataFrame, folds: np.ndarray) -> None:
+    """A folds file: ``posting_id,fold`` for every row of ``train``."""
+    write_csv(path, pd.DataFrame({"posting_id": train["posting_id"], "fold": folds}))
+
+
+def _save_folds(data_dir: Path, train: pd.DataFrame, folds: np.ndarray, n_folds: int) -> Path:
+    """Beside the data, or in the cache when the data directory is read-only; where it went."""
+    local = data_dir / folds_filename(n_folds)
+    try:
+        write_folds(local, train, folds)
+        return local
+    except OSError:
+        cached = _cache_path(data_dir, n_folds)
+        write_folds(cached, train, folds)
+        return cached
 
 
 def install_folds(data_dir: str | Path, train: pd.DataFrame, source: str | Path, n_folds: int = 5) -> Path:
@@ -100,19 +113,12 @@ def install_folds(data_dir: str | Path, train: pd.DataFrame, source: str | Path,
     folds must be the same everywhere the models of one ensemble are trained."""
     data_dir = Path(data_dir)
     folds = _read_folds(Path(source), train, n_folds)
-    table = pd.DataFrame({"posting_id": train["posting_id"], "fold": folds})
     local = data_dir / folds_filename(n_folds)
     if local.is_file():
         if not np.array_equal(_read_folds(local, train, n_folds), folds):
             raise DataError(f"{local}: another split than {source}; delete one of them")
         return local
-    try:
-        write_csv(local, table)
-        return local
-    except OSError:
-        cached = _cache_path(data_dir, n_folds)
-        write_csv(cached, table)
-        return cached
+    return _save_folds(data_dir, train, folds, n_folds)
 
 
 def _rows_sha256(keys: pd.Series, values: np.ndarray) -> str:

@@ -40,7 +40,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 import shopee
-from shopee.atomic import atomic_dir, write_csv, write_json, write_text
+from shopee.atomic import atomic_dir, write_json, write_text
 from shopee.errors import ShopeeError
 from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
@@ -96,22 +96,11 @@ def estimate_hours(cfg: Any, folds: Sequence[int]) -> float:
 
 def _ship_folds(data_dir: Path, n_folds: int, dataset: Path) -> None:
     """The local data's fold split (computed and saved beside the data if it was not yet)."""
-    import pandas as pd
-
     from shopee.data import read_split
-    from shopee.folds import folds_filename, load_folds
+    from shopee.folds import folds_filename, load_folds, write_folds
 
     train = read_split(data_dir, "train", check_images=False)
-    folds = load_folds(data_dir, train, n_folds)
-    write_csv(
-        dataset / folds_filename(n_folds), pd.DataFrame({"posting_id": train["posting_id"], "fold": folds})
-    )
-
-
-def _manifest(dataset: Path, info: dict[str, Any]) -> dict[str, Any]:
-    from shopee.kernel.bundle import file_list
-
-    return {**info, "files": file_list(dataset)}
+    write_folds(dataset / folds_filename(n_folds), train, load_folds(data_dir, train, n_folds))
 
 
 def build_training_kernel(
@@ -131,7 +120,7 @@ def build_training_kernel(
 
     ``data_dir``: the local competition data; its fold split goes into the dataset, and the
     notebook trains on that very split (so that the folds pull home and ensemble with local ones)."""
-    from shopee.kernel.bundle import _copy_package
+    from shopee.kernel.bundle import copy_package, file_list
     from shopee.launch import parse_folds
     from shopee.runner import load_experiment
 
@@ -172,12 +161,12 @@ def build_training_kernel(
     Path(out).mkdir(parents=True, exist_ok=True)
     with atomic_dir(dataset_dir, overwrite=True) as tmp:
         write_json(tmp / "dataset-metadata.json", dataset_meta)
-        _copy_package(tmp / "shopee")
+        copy_package(tmp / "shopee")
         (tmp / "exp").mkdir()
         write_text(tmp / "exp" / f"{name}.py", exp_file.read_text())
         if data_dir is not None:
             _ship_folds(Path(data_dir), cfg.n_folds, tmp)
-        write_json(tmp / MANIFEST, _manifest(tmp, info))
+        write_json(tmp / MANIFEST, {**info, "files": file_list(tmp)})
     notebook = training_notebook(info, dataset_meta["id"])
     with atomic_dir(notebook_dir, overwrite=True) as tmp:
         write_text(tmp / f"{slug}.ipynb", nbformat.writes(notebook))

@@ -53,7 +53,8 @@ def _safe_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(key).name or key).strip("-.") or "text-model"
 
 
-def _copy_package(dest: Path) -> None:
+def copy_package(dest: Path) -> None:
+    """The package source into ``dest``, without bytecode and the parts a kernel never runs."""
     source = Path(shopee.__file__).resolve().parent
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
 
@@ -147,7 +148,7 @@ def write_bundle(
         write_json(dest / ENSEMBLE_FILE, dict(ensemble))
     for path in extra_files:  # files the ensemble keeps beside itself (pair model, projections)
         shutil.copy2(path, dest / path.name)
-    _copy_package(dest / "shopee")
+    copy_package(dest / "shopee")
     copies = _copy_folds(records, dest, weights)
     text_dirs = _copy_text_models(copies, dest)
     _copy_wheels(wheels, dest)

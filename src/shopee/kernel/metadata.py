@@ -105,6 +105,16 @@ def kaggle_user(user: str | None) -> str:
     return user
 
 
+def dataset_upload_command(folder: str | Path) -> str:
+    """The Kaggle CLI command that uploads a dataset folder: ``--dir-mode zip``, or the CLI skips
+    its subfolders (the package, the models)."""
+    return f"kaggle datasets create -p {folder} --dir-mode zip"
+
+
+def kernel_push_command(folder: str | Path) -> str:
+    return f"kaggle kernels push -p {folder}"
+
+
 def dataset_metadata(user: str, slug: str, title: str) -> dict[str, Any]:
     dataset_id = f"{user}/{check_slug(slug + DATASET_SUFFIX, 'dataset slug (--name + -dataset)')}"
     return {

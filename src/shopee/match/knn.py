@@ -247,18 +247,13 @@ def rerank_pairs(
     time for 100 candidates a row at 34,250 rows."""
     x = np.asarray(embeddings, dtype=np.float32) if normalized else normalize_rows(embeddings)
     n = candidates.n
-    pairs = candidates
-    if queries is not None:
-        asked = np.zeros(n, dtype=bool)
-        asked[np.asarray(queries, dtype=np.int64)] = True
-        pairs = candidates.select(asked[candidates.rows])
+    pairs = candidates if queries is None else candidates.of_rows(queries)
     if not len(pairs):
         return Pairs.empty(n)
-    crow = np.concatenate([[0], np.cumsum(np.bincount(pairs.rows, minlength=n))])  # pairs sorted by row
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta", invariant checks off
         mask = torch.sparse_csr_tensor(
-            torch.from_numpy(crow.astype(np.int64)),
+            torch.from_numpy(pairs.row_bounds().astype(np.int64)),
             torch.from_numpy(np.ascontiguousarray(pairs.cols, dtype=np.int64)),
             torch.zeros(len(pairs), dtype=torch.float32),
             size=(n, n),

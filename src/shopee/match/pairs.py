@@ -37,6 +37,12 @@ class Pairs:
         """The pairs where the boolean mask (or index array) ``keep`` selects them, order kept."""
         return Pairs(self.rows[keep], self.cols[keep], self.sims[keep], self.n)
 
+    def of_rows(self, rows: np.ndarray) -> Pairs:
+        """The pairs from the given rows (indices) only, order kept."""
+        asked = np.zeros(self.n, dtype=bool)
+        asked[np.asarray(rows, dtype=np.int64)] = True
+        return self.select(asked[self.rows])
+
     def above(self, threshold: float) -> Pairs:
         """Pairs with ``sims >= threshold``."""
         return self.select(self.sims >= threshold)

@@ -403,11 +403,7 @@ def member_candidates(
         _check_rows(phashes, n, "phashes", m)
         with _timed(timings, f"phash:{name}"):
             found = phash_pairs(phashes, max_distance=m["max_distance"], k=others)
-    if queries is None:
-        return found
-    asked = np.zeros(n, dtype=bool)
-    asked[queries] = True
-    return found.select(asked[found.rows])
+    return found if queries is None else found.of_rows(queries)
 
 
 # --------------------------------------------------------------------------------------------
