@@ -48,3 +48,12 @@ def test_bench_unseen_reports_the_f1_predict_reaches_on_the_unseen_groups(
     )
     f1 = score_files(tmp_path / "s.csv", test / "labels.csv")[0].f1
     assert f1 == pytest.approx(result["table"]["size-following"]["f1_u"], abs=1e-6)
+
+    # --exact-blending: tuned again on the same folds (not retrained), blended spaces searched over
+    # every row, which the shipped params then say (no blend_candidates field).
+    assert "blend_candidates" in json.loads(ensemble.read_text())["params"]
+    assert (
+        main([*argv, "--set", "epochs=1", "--blend-stages", "1", "--no-pair-model", "--exact-blending"]) == 0
+    )
+    assert capsys.readouterr().out.count("already finished") == 2
+    assert "blend_candidates" not in json.loads(ensemble.read_text())["params"]

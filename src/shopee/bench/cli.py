@@ -129,6 +129,7 @@ def _cmd_bench_unseen(args: argparse.Namespace) -> None:
         phash=args.phash,
         pair_model=args.pair_model,
         blend_stages=args.blend_stages,
+        exact_blending=args.exact_blending,
     )
 
 
@@ -215,6 +216,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     unseen.add_argument("--folds", default="0,1", help="folds trained on T [%(default)s]")
     unseen.add_argument("--seed", type=int, default=0, help="the split's seed [%(default)s]")
     unseen.add_argument("--blend-stages", type=int, default=2, help="[%(default)s]")
+    unseen.add_argument(
+        "--exact-blending",
+        action="store_true",
+        help="blended spaces searched over every row, not the nearest 100",
+    )
     for flag in ("tfidf", "phash", "pair-model"):
         unseen.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=True, help="[on]")
     add_set(unseen)

@@ -89,6 +89,7 @@ def run_unseen(
     phash: bool = True,
     pair_model: bool = True,
     blend_stages: int = 2,
+    exact_blending: bool = False,
 ) -> dict[str, Any]:
     from shopee.train import train_fold
 
@@ -120,6 +121,7 @@ def run_unseen(
         by_size=True,
         pair_model=pair_model,
         test_rows=len(unseen),
+        exact_blending=exact_blending,
     )
     times["optimize-ensemble"] = time.perf_counter() - mark
     path = output / "ensembles" / f"{ENSEMBLE}.json"
