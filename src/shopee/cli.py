@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shopee.cli_args import DATA_HELP, add_backend, positive_int
+from shopee.cli_args import DATA_HELP, add_backend, add_exact_blending, positive_int
 from shopee.constants import (
     FOLD_COMBINATIONS,
     IMAGE_POLICIES,
@@ -387,12 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximize F1 on: dense (each fold's validation rows among its training rows too, at "
         "train's density), fold (within each fold), all (all OOF rows, folds' spaces mixed) [%(default)s]",
     )
-    opt.add_argument(
-        "--exact-blending",
-        action="store_true",
-        help="search a blended space over every row, not among each row's 100 nearest in the plain "
-        "space (slower; the rule then does the same in predict)",
-    )
+    add_exact_blending(opt)
     opt.add_argument(
         "--heldout",
         action=argparse.BooleanOptionalAction,

@@ -37,3 +37,7 @@ DEFAULT_EMBED_DIM = 512  # width of a projecting neck (linear_bn ...) when ``emb
 EMBEDDING_GRID = np.round(np.arange(0.05, 1.0, 0.01), 2)  # cosine similarity
 TFIDF_GRID = np.round(np.arange(0.2, 1.0, 0.01), 2)  # TF-IDF cosine; below 0.2 nothing is kept
 PHASH_DISTANCES = (0, 2, 4, 6, 8)  # Hamming distances (bits of 64)
+# The rules the search writes search a blended space among each row's 100 nearest in the plain
+# space (params' ``blend_candidates``; predict does the same): no search over every row per
+# blending threshold tried. ``--exact-blending`` (None) searches every row.
+BLEND_CANDIDATES = 100

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from shopee.constants import (
+    BLEND_CANDIDATES,
     EMBEDDING_GRID,
     FOLD_COMBINATIONS,
     OBJECTIVES,
@@ -51,10 +52,6 @@ REFINE_STEPS = (0.05, 0.02, 0.01)
 # at train's size). The last stage moves in every step: it only changes the final search, which
 # runs from the scored rows alone.
 BLEND_STEP = 0.05
-# The rules the search writes search a blended space among each row's 100 nearest in the plain
-# space (params' ``blend_candidates``; predict does the same): no search over every row per
-# blending threshold tried. ``bench match --search --exact-blending`` measures it against None.
-BLEND_CANDIDATES = 100
 FLOOR_MARGIN = 0.25
 SIZE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # nested shares of the dense sets' groups
 

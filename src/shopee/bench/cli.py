@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shopee.cli_args import DATA_HELP, add_backend, add_set, positive_int
+from shopee.cli_args import DATA_HELP, add_backend, add_exact_blending, add_set, positive_int
 from shopee.constants import TEST_ROWS
 from shopee.data import find_data_dir
 from shopee.errors import ShopeeError
@@ -216,11 +216,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     unseen.add_argument("--folds", default="0,1", help="folds trained on T [%(default)s]")
     unseen.add_argument("--seed", type=int, default=0, help="the split's seed [%(default)s]")
     unseen.add_argument("--blend-stages", type=int, default=2, help="[%(default)s]")
-    unseen.add_argument(
-        "--exact-blending",
-        action="store_true",
-        help="blended spaces searched over every row, not the nearest 100",
-    )
+    add_exact_blending(unseen)
     for flag in ("tfidf", "phash", "pair-model"):
         unseen.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=True, help="[on]")
     add_set(unseen)
@@ -253,9 +249,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench_match.add_argument(
         "--blend-stages", type=int, default=None, help="blending stages --search tries [the search's default]"
     )
-    bench_match.add_argument(
-        "--exact-blending", action="store_true", help="with --search: blended spaces searched over every row"
-    )
+    add_exact_blending(bench_match, "with --search: ")
     bench_match.add_argument("--seed", type=int, default=0, help="random seed [%(default)s]")
     add_backend(bench_match)
     bench_match.set_defaults(func=_cmd_bench_match)

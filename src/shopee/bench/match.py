@@ -213,7 +213,8 @@ def run_search(
     timed. For the dense
     objective each fold's training rows are the other folds' rows, in the same synthetic space:
     every scored row is matched among all ``rows``, as on the real train set."""
-    from shopee.ensemble import BLEND_CANDIDATES, embedding_members, heldout, search, size_curve
+    from shopee.constants import BLEND_CANDIDATES
+    from shopee.ensemble import embedding_members, heldout, search, size_curve
     from shopee.folds import DataFingerprint
     from shopee.oof import DenseFold, OOFSet
     from shopee.scoring import Scorer, build_universes

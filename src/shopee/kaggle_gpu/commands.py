@@ -60,9 +60,9 @@ def _push(api, notebook_dir: Path, dataset_dir: Path, notes: str) -> tuple[clien
 
 
 def _by_hand(notebook_dir: Path, dataset_dir: Path) -> None:
-    print("push them yourself with the Kaggle CLI:")
     from shopee.kernel.metadata import dataset_upload_command, kernel_push_command
 
+    print("push them yourself with the Kaggle CLI:")
     print(f"  {dataset_upload_command(dataset_dir)}    # later: kaggle datasets version ... -m NOTE")
     print(f"  {kernel_push_command(notebook_dir)}")
 
