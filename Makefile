@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= input/shopee-demo
 
-.PHONY: setup demo test lint format clean kaggle-check
+.PHONY: setup demo test lint format clean kaggle-check gpu-check
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ format: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The one prepared check for the first minutes on a GPU (README, "First run on a GPU"): the CUDA tests,
+# a debug fold, a recipe's training step in fp16/bf16, data parallel, predict over every GPU, kNN
+# backends and bench gpu, each timed; report in output/gpu-check/gpu-check.json. Without a GPU it
+# says so in one line and exits 0.
+gpu-check: setup
+	$(BIN)/python -m shopee bench gpu-check --out output/gpu-check
 
 # The demo kernel's notebook executed on Kaggle's library versions (requirements-kaggle.txt) in a
 # second virtual environment with Python 3.12, as on Kaggle's 2026 image.

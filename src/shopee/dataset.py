@@ -11,6 +11,7 @@ built the same way.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import albumentations as A
@@ -18,12 +19,15 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from shopee.augment import build_augment
 from shopee.config import Config
 from shopee.data import ImagePolicy, load_image
 from shopee.errors import ShopeeError
+
+ROW_SEED_STRIDE = 1_000_003  # a row's augmentation seed: epoch seed x this + row index
+MAX_WORKERS = 8  # loader processes beyond this add memory, not speed, at the image sizes used here
 
 
 class PostingDataset(Dataset):
@@ -44,6 +48,7 @@ class PostingDataset(Dataset):
         self.n = len(df)
         self.image_size = image_size
         self.transform = transform
+        self.augment_seed = 0  # set per epoch by ``make_loader``; with the row's index, its draws
         self.image_policy = image_policy
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
         if image_size:
@@ -77,6 +82,9 @@ class PostingDataset(Dataset):
             pil = Image.new("RGB", size, (255, 255, 255))
         arr = np.asarray(pil.resize(size, Image.BILINEAR), dtype=np.uint8)
         if self.transform is not None:
+            # each row draws from (epoch seed, row): the same augmentation whichever worker
+            # process decodes it, so that the number of workers changes speed, not results
+            self.transform.set_random_seed((self.augment_seed * ROW_SEED_STRIDE + i) % 2**32)
             arr = self.transform(image=arr)["image"]
         arr = (arr.astype(np.float32) - self.mean) / self.std
         return torch.from_numpy(arr.transpose(2, 0, 1).copy())
@@ -137,13 +145,18 @@ def dataset_for(
     )
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Augmentations in each worker draw from a seed derived from the loader's generator."""
-    info = get_worker_info()
-    dataset = info.dataset
-    seed = info.seed % 2**32
-    if getattr(dataset, "transform", None) is not None:
-        dataset.transform.set_random_seed(seed)
+def loader_workers(cfg: Config, processes: int = 1) -> int:
+    """Loader processes for ``cfg``: ``num_workers`` when set; auto (-1): none for a model that
+    reads no images (titles are tokenized up front), else this process's share of the CPU cores
+    it may run on (``processes`` training processes on this machine, or ``SHOPEE_CPUS`` when the
+    launcher gave this fold a share), at most ``MAX_WORKERS``."""
+    if cfg.num_workers >= 0:
+        return cfg.num_workers
+    if not cfg.image_model:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = int(os.environ.get("SHOPEE_CPUS") or cores) // max(processes, 1)
+    return max(1, min(MAX_WORKERS, share))
 
 
 def make_loader(
@@ -156,18 +169,15 @@ def make_loader(
     drop_last: bool = False,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A loader over ``indices`` (in that order) or the whole dataset; deterministic for ``seed``."""
+    """A loader over ``indices`` (in that order) or the whole dataset; deterministic for ``seed``
+    whatever ``num_workers``."""
     sampler = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
-    generator = torch.Generator().manual_seed(seed)
-    if num_workers == 0 and dataset.transform is not None:
-        dataset.transform.set_random_seed(seed)
+    dataset.augment_seed = seed
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        worker_init_fn=_seed_worker if num_workers else None,
-        generator=generator,
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -2,8 +2,11 @@
 
 ``torchrun --nproc_per_node N exp/exp001.py --fold 0`` starts N copies of the experiment; each
 reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment (``Dist.from_env``) and
-joins one process group: NCCL on GPUs (process k on ``cuda:k`` of its node), gloo on CPUs.
-Multi-node runs use torchrun's own rendezvous (``--nnodes``, ``--rdzv-endpoint``).
+joins one process group (process k on ``cuda:k`` of its node). NCCL serves CUDA tensors only, so
+on GPUs the group maps each device type to its backend (``backend_for``): CUDA tensors (the
+per-step losses, DDP's gradients) go over NCCL, CPU ones (Python objects, barriers) over gloo; on
+CPUs gloo serves all. Multi-node runs use torchrun's own rendezvous (``--nnodes``,
+``--rdzv-endpoint``).
 
 - **The epoch order is global**: every rank draws the same epoch order (seeded by seed and
   epoch, as in one process) and takes its slice of each global batch (``shard``): whatever N, a
@@ -29,11 +32,30 @@ from shopee.config import ConfigError
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long for a rank that is gone
 
 
+def backend_for(cuda: bool) -> str:
+    """The process group's backends by device type: NCCL raises "No backend type associated with
+    device type cpu" on a CPU tensor, and object collectives and barriers pickle to CPU tensors,
+    so a GPU group serves the CPU through gloo beside NCCL."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def convert_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm layers computing their statistics over every process's rows (``sync_bn``).
+
+    timm's conversion, not torch's: ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` turns timm's
+    ``BatchNormAct2d`` (BatchNorm with its activation and drop inside) into a plain SyncBatchNorm,
+    so the network would train without those activations and then embed with them."""
+    from timm.layers import convert_sync_batchnorm as timm_convert
+
+    return timm_convert(model)
+
+
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes of this run on this machine
 
     @property
     def enabled(self) -> bool:
@@ -50,12 +72,13 @@ class Dist:
         if world <= 1:
             return cls()
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         if not dist.is_initialized():
             cuda = torch.cuda.is_available()
             if cuda:
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
-        return cls(rank, world, local_rank)
+            dist.init_process_group(backend_for(cuda), timeout=TIMEOUT)
+        return cls(rank, world, local_rank, local_world)
 
     def device(self) -> torch.device:
         if torch.cuda.is_available():
@@ -97,13 +120,14 @@ class Dist:
         dist.all_gather_object(parts, block)
         return np.concatenate(parts)[:n]
 
-    def mean(self, value: float) -> float:
-        """The mean of a number over ranks (a one-process value as it is)."""
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise mean of ``values`` over ranks, reduced on the device they live on (one
+        collective for a whole epoch's losses); a one-process value as it is."""
         if not self.enabled:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(tensor)
-        return float(tensor.item()) / self.world
+            return values
+        total = values.detach().to(torch.float64).clone()
+        dist.all_reduce(total)
+        return total / self.world
 
     def same_everywhere(self, value: float) -> bool:
         """Whether every rank holds the same number (a checksum of the weights, say)."""

@@ -11,7 +11,7 @@ from torch.nn.functional import normalize
 from torch.utils.data import DataLoader
 
 from shopee.config import Config
-from shopee.dataset import dataset_for, make_loader
+from shopee.dataset import dataset_for, loader_workers, make_loader
 from shopee.models import ShopeeModel
 from shopee.progress import Log, Progress
 from shopee.runtime import Runtime
@@ -97,7 +97,7 @@ def embed_rows(
     loader = make_loader(
         dataset,
         batch_size or cfg.eval_batch_size,
-        num_workers=cfg.num_workers,
+        num_workers=loader_workers(cfg),
         pin_memory=any(rt.pin_memory for rt in ([runtime] if isinstance(runtime, Runtime) else runtime)),
     )
     return embed_many(models, loader, runtime, desc=desc, tta=tta)

@@ -79,14 +79,37 @@ def _command(exp_path: Path, fold: int, group: list[str], args: list[str]) -> li
     return [sys.executable, *script]
 
 
-def _environment(group: list[str], n_groups: int) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _environment(group: list[str], n_groups: int, parent: dict[str, str] | None = None) -> dict[str, str]:
+    """A fold's environment: its GPUs (numbered among those the parent may use: a scheduler or a
+    shared node may already have set ``CUDA_VISIBLE_DEVICES``) and its share of the CPU cores, for
+    torch's threads (``OMP_NUM_THREADS``) and the loader's workers (``SHOPEE_CPUS``); folds side by
+    side would otherwise each start a thread per core."""
+    parent = dict(os.environ if parent is None else parent)
+    env = {**parent, "PYTHONUNBUFFERED": "1"}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cores // n_groups)
+    env["SHOPEE_CPUS"] = str(share)
+    processes = 1 if group == ["cpu"] else len(group)
+    env["OMP_NUM_THREADS"] = str(max(1, share // processes))
     if group == ["cpu"]:
         env["CUDA_VISIBLE_DEVICES"] = ""
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_groups))
     else:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(_physical_gpus(group, parent.get("CUDA_VISIBLE_DEVICES")))
     return env
+
+
+def _physical_gpus(group: list[str], visible: str | None) -> list[str]:
+    """``--gpus`` numbers as the parent's ``CUDA_VISIBLE_DEVICES`` names them (GPU 1 of "4,5" is 5)."""
+    if visible is None:
+        return group
+    names = [name.strip() for name in visible.split(",") if name.strip()]
+    for g in group:
+        if int(g) >= len(names):
+            raise ShopeeError(
+                f"--gpus {'+'.join(group)}: GPU {g} is not among the {len(names)} visible ones "
+                f"(CUDA_VISIBLE_DEVICES={visible})"
+            )
+    return [names[int(g)] for g in group]
 
 
 def _result(log: Path) -> dict | None:

@@ -93,6 +93,31 @@ def _cmd_bench_gpu(args: argparse.Namespace) -> None:
     print_bench_gpu({"exp": exp, **result})
 
 
+def _cmd_bench_gpu_check(args: argparse.Namespace) -> None:
+    import torch
+
+    from shopee.bench.gpu_check import CheckOptions, gpu_check, no_gpu_line, parse_steps
+
+    steps = parse_steps(args.steps)
+    if args.device == "cpu":
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        print(no_gpu_line(), flush=True)  # nothing to check, and nothing wrong
+        return
+    else:
+        device = torch.device("cuda", 0)
+    gpu_check(
+        CheckOptions(
+            out=Path(args.out),
+            device=device,
+            steps=steps,
+            recipe=args.recipe,
+            overrides=tuple(args.set),
+            knn_rows=args.knn_rows,
+        )
+    )
+
+
 def _cmd_bench_density(args: argparse.Namespace) -> None:
     from shopee.bench.density import bench_density
     from shopee.runner import load_experiment
@@ -183,6 +208,26 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench_gpu.add_argument("--labels", default=None, help="test labels to score the kernel's submission")
     add_set(bench_gpu)
     bench_gpu.set_defaults(func=_cmd_bench_gpu)
+    check = bench_sub.add_parser(
+        "gpu-check",
+        help="the first run on a GPU (make gpu-check): the CUDA tests, a debug fold, a recipe's training "
+        "step in fp16/bf16, data parallel, predict over every GPU, kNN backends, bench gpu; one JSON report",
+    )
+    check.add_argument("--out", default="output/gpu-check", help="report and work folder [%(default)s]")
+    check.add_argument("--steps", default="all", help="which steps, e.g. 2,5 or 1-3 [%(default)s]")
+    check.add_argument(
+        "--recipe", default="exp051", help="step 3's experiment, built with random weights [%(default)s]"
+    )
+    check.add_argument("--knn-rows", type=positive_int, default=TEST_ROWS, help="step 6's rows [%(default)s]")
+    check.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help=argparse.SUPPRESS)  # tests
+    check.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for step 3's recipe and step 7's exp001",
+    )
+    check.set_defaults(func=_cmd_bench_gpu_check)
     bench_density = bench_sub.add_parser(
         "density",
         help="thresholds tuned on a subset's folds (fixed, dense, size-following) against the best ones on "

@@ -71,13 +71,17 @@ def _peak_mb(device: torch.device) -> float | None:
 def train_steps(
     cfg: Config, device: torch.device, precision: str, steps: int, warmup: int = 2
 ) -> dict[str, Any]:
-    """Samples/s of full training steps (forward, loss, backward, update) on synthetic batches."""
+    """Samples/s of full training steps (``train.Stepper``: forward, loss, backward, update) on
+    synthetic batches."""
+    from shopee.train import Stepper
+
     runtime = Runtime(device, precision, bool(cfg.channels_last and device.type == "cuda"))
     torch.manual_seed(0)
     model = runtime.prepare(ShopeeModel(cfg, TRAIN_FOLD_CLASSES)).train()
-    optimizer = build_optimizer(model, cfg)
-    scaler = runtime.grad_scaler()
-    batch = runtime.to_device(_batch(cfg, model, cfg.batch_size, device, labels=True))
+    # the training loop's own step (autocast, GradScaler, unscale and clip, update), so that what
+    # this times is what a fold runs
+    stepper = Stepper(model, build_optimizer(model, cfg), runtime.grad_scaler(), cfg, runtime)
+    batch = _batch(cfg, model, cfg.batch_size, device, labels=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     loss = torch.tensor(float("nan"))
@@ -86,12 +90,7 @@ def train_steps(
         if step == warmup:
             _sync(device)
             started = time.perf_counter()
-        with runtime.autocast():
-            loss = model(batch)["loss"]
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        loss = stepper(batch, update=True)
     _sync(device)
     seconds = time.perf_counter() - started
     return {

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from shopee.config import Config
-from shopee.dataset import dataset_for, make_loader
+from shopee.dataset import dataset_for, loader_workers, make_loader
 from shopee.models import ShopeeModel
 from shopee.optim import build_optimizer
 from shopee.runtime import Runtime
@@ -52,20 +52,19 @@ def bench_train(cfg: Config, data_dir: Path, batches: int = 10, warmup: int = 2)
     n = batches + warmup
     rng = np.random.default_rng(cfg.seed)
     pin = runtime.pin_memory
+    workers = loader_workers(cfg)
 
     def train_loader():
         indices = rng.choice(
             len(train_ds), size=n * cfg.batch_size, replace=len(train_ds) < n * cfg.batch_size
         )
         return make_loader(
-            train_ds, cfg.batch_size, indices, num_workers=cfg.num_workers, drop_last=True, pin_memory=pin
+            train_ds, cfg.batch_size, indices, num_workers=workers, drop_last=True, pin_memory=pin
         )
 
     def valid_loader():
         indices = np.arange(min(len(valid_ds), n * cfg.eval_batch_size))
-        return make_loader(
-            valid_ds, cfg.eval_batch_size, indices, num_workers=cfg.num_workers, pin_memory=pin
-        )
+        return make_loader(valid_ds, cfg.eval_batch_size, indices, num_workers=workers, pin_memory=pin)
 
     model.train()
     train_step = lambda batch: stepper(batch, update=True)  # noqa: E731
@@ -97,5 +96,5 @@ def bench_train(cfg: Config, data_dir: Path, batches: int = 10, warmup: int = 2)
         "precision": runtime.precision,
         "image_size": cfg.image_size if cfg.image_model else None,
         "batch_size": cfg.batch_size,
-        "num_workers": cfg.num_workers,
+        "num_workers": workers,
     }

@@ -16,8 +16,11 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.p.clamp(min=1.0)  # p below 1 is not a mean any more
-        return x.clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+        p = self.p.float().clamp(min=1.0)  # p below 1 is not a mean any more
+        # in float32 whatever autocast says: x**3 passes float16's 65,504 once a feature passes ~40.
+        # CUDA's autocast runs pow in float32 by itself, CPU's does not.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return x.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
 class AvgPool(nn.Module):
