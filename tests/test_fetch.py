@@ -349,3 +349,73 @@ def test_experiment_without_pretrained_image_fetches_its_text_model_only(tmp_pat
     assert wanted == [fetch_module.Wanted("text", TEXT), fetch_module.Wanted("text", "x/y")]
     assert fetch_module.safe_name("FacebookAI/xlm-roberta-base") == "FacebookAI__xlm-roberta-base"
     assert fetch_module.safe_name("tf_efficientnet_b3.ns_jft_in1k") == "tf_efficientnet_b3.ns_jft_in1k"
+
+
+# ------------------------------------------------------------------------------------------------
+# hub revisions: recorded by fetch, pinned in downloads elsewhere
+# ------------------------------------------------------------------------------------------------
+def _hub_with_commits(mp: pytest.MonkeyPatch, served, root: Path, sha: str, asked: list) -> None:
+    """The hub answers as in ``_online``, and serves the text snapshot from the Hugging Face cache's
+    layout (``models--ORG--NAME/snapshots/<sha>/``) as ``snapshot_download`` does; every call's
+    revision is recorded."""
+    import huggingface_hub
+    import timm.models._hub as timm_hub
+
+    _online(mp, served, [])
+    snapshot = root / "hf" / "models--some-org--mini-lm" / "snapshots" / sha
+
+    class Api:
+        def list_repo_files(self, repo_id, revision=None):
+            asked.append(("list", repo_id, revision))
+            return [p.name for p in Path(served["snapshot"]).iterdir()]
+
+    def snapshot_download(repo_id, allow_patterns, revision=None):
+        asked.append(("snapshot", repo_id, revision))
+        if not snapshot.is_dir():
+            shutil.copytree(served["snapshot"], snapshot)
+        return str(snapshot)
+
+    def hf_hub_download(repo_id, filename, revision=None, **kwargs):
+        asked.append(("timm", repo_id, revision))
+        return str(served["image_file"])
+
+    mp.setattr(huggingface_hub, "HfApi", Api)
+    mp.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    mp.setattr(timm_hub, "hf_hub_download", hf_hub_download)
+
+
+def test_fetch_records_hub_revisions_and_downloads_elsewhere_use_them(served, tmp_path, monkeypatch, capsys):
+    _isolate(monkeypatch, tmp_path)
+    sha = "1f" * 20
+    asked: list = []
+    _hub_with_commits(monkeypatch, served, tmp_path, sha, asked)
+    out = tmp_path / "weights"
+    assert main(["fetch", "--text-model", TEXT, "--out", str(out), "--user", "me"]) == 0
+    entry = _manifest(out)["models"][0]
+    assert (entry["repo"], entry["revision"]) == (TEXT, sha)  # the snapshot's commit
+    pins = fetch_module.hub_revisions_of(_manifest(out))
+    assert pins == {TEXT: sha}
+    assert f"export SHOPEE_HUB_REVISIONS='{json.dumps(pins)}'" in capsys.readouterr().out
+
+    # elsewhere (the training kernel: no fetched folder, an empty cache), the download is pinned
+    shutil.rmtree(tmp_path / "hf")
+    asked.clear()
+    monkeypatch.setenv(pretrained.HUB_REVISIONS_ENV, json.dumps(pins))
+    assert resolve_text_model(TEXT) == str(tmp_path / "hf" / "models--some-org--mini-lm" / "snapshots" / sha)
+    assert asked == [("list", TEXT, sha), ("snapshot", TEXT, sha)]
+
+
+def test_a_pinned_timm_download_asks_for_its_commit(served, tmp_path, monkeypatch):
+    _isolate(monkeypatch, tmp_path)
+    sha = "2e" * 20
+    asked: list = []
+    _hub_with_commits(monkeypatch, served, tmp_path, sha, asked)
+    repo = timm.models.get_pretrained_cfg(IMAGE).hf_hub_id  # timm/test_efficientnet.r160_in1k
+    monkeypatch.setenv(pretrained.HUB_REVISIONS_ENV, json.dumps({repo: sha}))
+    out = tmp_path / "weights"
+    assert main(["fetch", "--image-model", IMAGE, "--out", str(out), "--user", "me"]) == 0
+    assert asked == [("timm", repo, sha)]
+    entry = _manifest(out)["models"][0]
+    assert (entry["repo"], entry["revision"]) == (repo, sha) and entry[
+        "source"
+    ] == f"timm download ({repo}@{sha})"

@@ -76,16 +76,19 @@ class FakeKaggle:
         }
         self.datasets: set[str] = set()
         self.processing = 0  # status answers "still processing" before a dataset is ready
-        self.unknown_kernels: set[str] = set()  # kernel sources Kaggle would not attach
+        self.unknown_kernels: set[str] = set()  # kernels Kaggle does not know (404)
+        self.dropped_sources: set[str] = set()  # kernel sources a push leaves out all the same
         self.status, self.failure, self.log = KernelWorkerStatus.COMPLETE, "", ""
         self.pages: list[list[tuple[str, bytes]]] = []
         self.quota_used, self.quota_total = 10.0, 30.0
         self.served: dict[str, bytes] = {}
+        self.fetched: list[str] = []  # output files downloaded
         fake = self
 
         def send(session, request, **kwargs):
             if request.url not in fake.served:
                 raise AssertionError(f"the Kaggle client tried the network: {request.url}")
+            fake.fetched.append(request.url)
             data = fake.served[request.url]
             response = requests.Response()
             response.status_code, response.url, response.request = 200, request.url, request
@@ -116,15 +119,20 @@ class FakeKaggle:
         response = ApiSaveKernelResponse()
         response.version_number = len(self.sent["kernels"])
         response.invalid_kernel_sources = [
-            k for k in request.kernel_data_sources if k in self.unknown_kernels
+            k for k in request.kernel_data_sources if k in self.unknown_kernels | self.dropped_sources
         ]
         response.url = f"https://www.kaggle.com/code/{request.slug}"
         return response
+
+    def _known(self, request) -> None:
+        if f"{request.user_name}/{request.kernel_slug}" in self.unknown_kernels:
+            raise http_error(404)
 
     def get_kernel_session_status(self, request):
         from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusResponse
 
         self.sent["status"].append(request)
+        self._known(request)
         response = ApiGetKernelSessionStatusResponse()
         response.status, response.failure_message = self.status, self.failure
         return response
@@ -136,6 +144,7 @@ class FakeKaggle:
         )
 
         self.sent["output"].append(request)
+        self._known(request)
         page = int(request.page_token or 0)
         response = ApiListKernelSessionOutputResponse()
         files = []
@@ -245,6 +254,7 @@ def test_train_pushes_a_gpu_kernel_with_internet_and_its_code_dataset(
     kaggle: FakeKaggle, quick_estimate, tmp_path: Path, capsys
 ) -> None:
     kernels = tmp_path / "kernels"
+    kaggle.pages = [[("output/exp003/fold0.partial/last.pt", b"checkpoint")]]  # what it resumes from
     argv = ["kaggle", "train", "exp003", "--folds", "0-1", "--set", "epochs=2", "--out", kernels]
     out, _ = run([*argv, "--resume-from", "tester/exp003-train-1"], capsys)
 
@@ -255,6 +265,8 @@ def test_train_pushes_a_gpu_kernel_with_internet_and_its_code_dataset(
     assert push.competition_data_sources == [COMPETITION]
     assert push.dataset_data_sources == ["tester/exp003-train-dataset"]
     assert push.kernel_data_sources == ["tester/exp003-train-1"]  # --resume-from
+    assert kaggle.sent["status"][0].kernel_slug == "exp003-train-1"  # checked before the push
+    assert kaggle.fetched == []  # its output listed, not downloaded
     assert not push.docker_image and push.is_private  # Kaggle picks the GPU image itself
     notebook = json.loads(push.text)
     assert "'epochs=2'" in "".join(c["source"] for c in notebook["cells"])  # the overrides travel
@@ -292,24 +304,74 @@ def test_train_refuses_a_run_the_weekly_gpu_quota_cannot_hold(
     assert len(kaggle.sent["kernels"]) == 1
 
 
-def test_train_says_when_kaggle_did_not_attach_the_run_to_resume_from(
+def resume_argv(out: Path, source: str, *extra) -> list:
+    return ["kaggle", "train", "exp003", "--folds", "0", "--out", out, "--resume-from", source, *extra]
+
+
+def run_record(exp: str) -> bytes:
+    return json.dumps({"exp": exp, "folds": [0], "finished": [], "unfinished": {}}).encode()
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("missing", "no such kernel on Kaggle"),
+        ("running", "its latest version is still running"),
+        ("error", "its latest version ended error (out of memory)"),
+        ("other-exp", "holds no output/exp003/ and no run record of exp003"),
+        ("other-record", "holds no output/exp003/ and no run record of exp003"),
+        ("itself", "that is the kernel being pushed"),
+    ],
+)
+def test_train_checks_the_kernel_to_resume_from_before_anything_is_pushed(
+    source: str, expected: str, kaggle: FakeKaggle, quick_estimate, tmp_path: Path, capsys
+) -> None:
+    """Kaggle drops a kernel source it cannot attach only after the version is queued, which then
+    retrains every fold: the source is checked first, and a bad one stops everything."""
+    from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
+
+    name = "tester/exp003-train" if source == "itself" else "tester/exp003-train-1"
+    if source == "missing":
+        kaggle.unknown_kernels = {name}
+    elif source == "running":
+        kaggle.status = KernelWorkerStatus.RUNNING
+    elif source == "error":
+        kaggle.status, kaggle.failure = KernelWorkerStatus.ERROR, "out of memory"
+    elif source == "other-exp":
+        kaggle.pages = [[("output/exp001/fold0/config.json", b"{}"), ("notes.txt", b"")]]
+    elif source == "other-record":
+        kaggle.pages = [
+            [("output/exp001/fold0/config.json", b"{}")],
+            [(f"output/{RUN_RECORD}", run_record("exp001"))],
+        ]
+    _, err = run(resume_argv(tmp_path / "kernels", name), capsys, code=2)
+    assert err.count("\n") == 1 and err.startswith(f"error: --resume-from {name}: ") and expected in err
+    assert kaggle.sent["order"] == [] and kaggle.sent["uploads"] == []  # no dataset, no kernel
+    assert not (tmp_path / "kernels").exists()  # nor anything built
+    if source == "itself":
+        assert "--slug exp003-train-2" in err and kaggle.sent["status"] == []
+
+
+def test_train_resumes_from_a_run_record_of_the_experiment_reading_only_that_file(
     kaggle: FakeKaggle, quick_estimate, tmp_path: Path, capsys
 ) -> None:
-    kaggle.unknown_kernels = {"tester/no-such-run"}
-    argv = [
-        "kaggle",
-        "train",
-        "exp003",
-        "--folds",
-        "0",
-        "--out",
-        tmp_path,
-        "--resume-from",
-        "tester/no-such-run",
-    ]
-    _, err = run(argv, capsys, code=2)
+    """A version that stopped before any fold wrote output/<exp>/ still names its experiment in
+    its run record: only that file is fetched, to read it."""
+    kaggle.pages = [[("output/other.txt", b"x")], [(f"output/{RUN_RECORD}", run_record("exp003"))]]
+    out, _ = run(resume_argv(tmp_path, "tester/exp003-train-1"), capsys)
+    assert kaggle.fetched == [STORAGE + f"output/{RUN_RECORD}"]
+    assert kaggle.sent["order"] == ["dataset", "kernel"] and "version 1 queued" in out
+
+
+def test_train_says_to_cancel_a_version_kaggle_queued_without_the_run_to_resume_from(
+    kaggle: FakeKaggle, quick_estimate, tmp_path: Path, capsys
+) -> None:
+    kaggle.pages = [[("output/exp003/fold0/config.json", b"{}")]]
+    kaggle.dropped_sources = {"tester/exp003-train-1"}  # the check passed, Kaggle left it out all the same
+    _, err = run(resume_argv(tmp_path, "tester/exp003-train-1"), capsys, code=2)
     assert err.count("\n") == 1
-    assert "pushed as version 1, but Kaggle did not attach kernels tester/no-such-run" in err
+    assert "pushed as version 1, but Kaggle did not attach kernels tester/exp003-train-1" in err
+    assert "cancel that version at https://www.kaggle.com/code/tester/exp003-train" in err
 
 
 def test_the_kernel_waits_until_its_new_dataset_version_is_ready(kaggle: FakeKaggle) -> None:
@@ -332,6 +394,73 @@ def test_train_without_push_says_how_to_push_and_sends_nothing(
     assert f"kaggle kernels push -p {tmp_path / 'exp003-train'}" in out
     assert f"kaggle datasets create -p {tmp_path / 'exp003-train-dataset'} --dir-mode zip" in out
     assert kaggle.sent["order"] == [] and kaggle.sent["status"] == [] and not last_json(out)["pushed"]
+
+
+def notebook_commands(
+    notebook: Path, code: Path, gpus: int, monkeypatch: pytest.MonkeyPatch, lone_fold_gpus: int = 1
+) -> list[list]:
+    """The commands the training notebook starts on a machine with ``gpus`` GPUs (a lone fold on
+    ``lone_fold_gpus`` of them): its settings and training cells executed here, with processes that
+    end at once (the run record is written to the current folder)."""
+    import os
+    import subprocess
+    import sys
+    import types
+
+    import torch
+
+    started: list[list] = []
+
+    class Process:
+        pid = 0
+
+        def __init__(self, command: list, **kwargs) -> None:
+            started.append(command)
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    cells = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]]
+    fake = types.SimpleNamespace(
+        Popen=Process, STDOUT=subprocess.STDOUT, TimeoutExpired=subprocess.TimeoutExpired
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    namespace = {"os": os, "sys": sys, "json": json, "Path": Path, "subprocess": fake, "CODE": code}
+    namespace["INPUT_ROOT"] = code
+    exec(cells[1], namespace)  # the settings
+    namespace["LONE_FOLD_GPUS"] = lone_fold_gpus  # as plan decides for the experiment
+    exec(cells[-1], namespace)  # the training
+    return started
+
+
+@pytest.mark.parametrize("spec, folds", [("0-2,full", [0, 1, 2]), ("full", [])])
+def test_train_full_trains_on_every_row_after_the_folds(
+    spec: str, folds: list, kaggle: FakeKaggle, quick_estimate, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    kernels = tmp_path / "kernels"
+    out, _ = run(["kaggle", "train", "exp003", "--folds", spec, "--out", kernels, "--no-push"], capsys)
+    result = last_json(out)
+    assert result["folds"] == folds and result["full"] and "and the full-data run" in out
+    # quick_estimate: 3 h for the folds, of which 2.5 h a lone fold; the full run has 5/4 its rows
+    assert result["estimate_hours"] == pytest.approx((3.0 if folds else 0.5) + 2.5 * 5 / 4, abs=0.01)
+
+    monkeypatch.chdir(tmp_path)
+    code = tmp_path / "code"  # where the dataset is mounted (no fold split in it: the demo's stays as it is)
+    notebook = kernels / "exp003-train" / "exp003-train.ipynb"
+    exp_file = str(code / "exp" / "exp003.py")
+    commands = notebook_commands(notebook, code, 2, monkeypatch, lone_fold_gpus=2)
+    full = commands[-1]
+    assert full[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # both T4s
+    assert full[5:8] == [exp_file, "--fold", "full"] and "--resume" in full
+    trained = [c[c.index("--folds") + 1 : c.index("--gpus") + 2] for c in commands[:-1]]
+    assert trained == ([["0,1", "--gpus", "0,1"], ["2", "--gpus", "0+1"]] if folds else [])  # the folds first
+    record = json.loads((tmp_path / "output" / RUN_RECORD).read_text())
+    assert (
+        record["folds"] == [*folds, "full"] and record["unfinished"]["full"] == "no output"
+    )  # its log is empty
+
+    alone = notebook_commands(notebook, code, 2, monkeypatch, lone_fold_gpus=1)[-1]
+    assert alone[1:4] == [exp_file, "--fold", "full"]  # where a lone fold goes: one GPU, no torchrun
 
 
 # ------------------------------------------------------------------------------------------------
@@ -430,7 +559,10 @@ def test_pull_installs_the_finished_folds_and_names_the_missing_ones(
     out, _ = run(argv, capsys)
     assert f"exp003 fold0: installed: {output / 'exp003' / 'fold0'} (CV F1" in out
     assert "exp003 fold1: missing: stopped at the session budget of 11.5 h" in out
-    assert "--folds 1 --debug --resume-from tester/exp003-train --slug exp003-train-2" in out
+    hint = (
+        f"--folds 1 --debug --data {small_demo_dir} --resume-from tester/exp003-train --slug exp003-train-2"
+    )
+    assert hint in out  # on the same data, so that the continued folds pull home too
     summary = last_json(out)
     assert summary["installed"] == [0] and list(summary["missing"]) == ["1"] and summary["changed"]
     assert file_digests(output / "exp003" / "fold0") == file_digests(trained)
@@ -441,6 +573,40 @@ def test_pull_installs_the_finished_folds_and_names_the_missing_ones(
     assert "exp003 fold0: unchanged" in out and f"nothing changed in {output / 'exp003'}" in out
     assert not last_json(out)["changed"]
     assert {p: p.stat().st_mtime_ns for p in (output / "exp003" / "fold0").iterdir()} == before
+
+
+@pytest.fixture(scope="module")
+def trained_full(tmp_path_factory: pytest.TempPathFactory, small_demo_dir: Path) -> Path:
+    """exp003's full-data run, debug-trained on the small demo as the training kernel would."""
+    from shopee.runner import load_experiment
+    from shopee.train import train_fold
+
+    out = tmp_path_factory.mktemp("kaggle-trained-full")
+    _, cfg = load_experiment(str(ROOT / "exp" / "exp003.py"))
+    train_fold(cfg, "exp003", "full", small_demo_dir, out, debug=True, code_dir=ROOT)
+    return out / "exp003" / "full"
+
+
+def test_pull_installs_a_full_data_run_verified_as_folds_are(
+    trained: Path, trained_full: Path, demo_copy: Path, tmp_path: Path, capsys
+) -> None:
+    from shopee.kaggle_gpu.pull import file_digests
+
+    downloaded = lay_out(tmp_path / "downloaded", trained, requested=[0, "full"], unfinished={})
+    shutil.copytree(trained_full, downloaded / "output" / "exp003" / "full")
+    output = tmp_path / "output"
+    argv = pull_argv(downloaded, demo_copy, output, "--exp-dir", ROOT / "exp")
+    out, _ = run(argv, capsys)
+    assert f"exp003 full: installed: {output / 'exp003' / 'full'}" in out
+    assert last_json(out)["installed"] == [0, "full"]
+    assert file_digests(output / "exp003" / "full") == file_digests(trained_full)
+
+    train = (demo_copy / "train.csv").read_text().splitlines()  # another train.csv here now
+    (demo_copy / "train.csv").write_text("\n".join(train[:-6]) + "\n")
+    for folds in demo_copy.glob("folds-*.csv"):
+        folds.unlink()
+    _, err = run([*argv, "--output", tmp_path / "elsewhere"], capsys, code=2)
+    assert "full refused (trained on another train.csv" in err and err.count("\n") == 1
 
 
 def test_pull_keeps_a_different_local_fold_unless_overwrite(
@@ -492,6 +658,49 @@ def test_pull_refuses_a_fold_that_is_not_what_local_training_would_write(
     }[spoil]
     assert expected in err and expected in out
     assert not (output / "exp003" / "fold0").exists()
+
+
+def test_pull_refuses_a_fold_other_code_trained_unless_allowed(
+    trained: Path, small_demo_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """A fold records the digest of the code that shaped its embeddings; a download whose digest
+    differs from this checkout's is refused naming the files, installed with --allow-code-change,
+    and one that records none (trained before digests) is installed with a warning."""
+    from shopee.codedigest import code_digest
+    from shopee.outputs import FoldRecord
+
+    assert FoldRecord.open(trained).code_digest == code_digest()  # training recorded this checkout's
+    downloaded = lay_out(tmp_path / "downloaded", trained, requested=[0], unfinished={})
+    config = downloaded / "output" / "exp003" / "fold0" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["code_digest"]["files"]["models/pooling.py"] = "0" * 64  # the pooling it was trained with
+    meta["code_digest"]["sha256"] = "1" * 64
+    config.write_text(json.dumps(meta))
+    output = tmp_path / "output"
+    argv = pull_argv(downloaded, small_demo_dir, output, "--exp-dir", ROOT / "exp")
+    out, err = run(argv, capsys, code=2)
+    reason = (
+        "trained by other code (models/pooling.py differs from this checkout); "
+        "pass --allow-code-change to use it anyway"
+    )
+    assert f"exp003 fold0: refused: {reason}" in out and err == f"error: exp003: fold0 refused ({reason})\n"
+    assert not (output / "exp003" / "fold0").exists()
+
+    out, err = run([*argv, "--allow-code-change"], capsys)
+    target = output / "exp003" / "fold0"
+    assert f"exp003 fold0: installed: {target}" in out
+    used = "trained by other code (models/pooling.py); used anyway (--allow-code-change)"
+    assert err == f"warning: {target}: {used}\n"
+
+    del meta["code_digest"]
+    config.write_text(json.dumps(meta))
+    elsewhere = tmp_path / "elsewhere"
+    out, err = run([*argv, "--output", elsewhere], capsys)
+    assert "exp003 fold0: installed" in out
+    assert err == (
+        f"warning: {elsewhere / 'exp003' / 'fold0'}: records no code digest (trained before digests were "
+        "kept): not checked\n"
+    )
 
 
 def test_pull_downloads_every_page_of_a_version_through_the_client(
@@ -560,6 +769,39 @@ def ensemble(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(kernel_build, "build_kernel", build_kernel)
     return path
+
+
+def test_submit_takes_every_build_kernel_option_and_passes_it_on(
+    kaggle: FakeKaggle, ensemble: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """One definition of build-kernel's options serves both commands: the same options reach
+    build_kernel the same way from either."""
+    from shopee.cli import build_parser
+    from shopee.cli_args import kernel_options
+    from shopee.kernel import build as kernel_build
+
+    parser = build_parser()
+    build = set(vars(parser.parse_args(["build-kernel", "--ensemble", "e.json", "--name", "shopee-v1"])))
+    submit = set(vars(parser.parse_args(["kaggle", "submit", "e.json", "--name", "shopee-v1"])))
+    assert submit - build == {"kaggle_command", "message", "no_push", "version"}  # submit's own
+    assert build - submit == set()
+
+    options = ["--models", "full", "--tta", "flip", "--allow-over-time", "--weights", "fp32", "--public"]
+    options += ["--accelerator", "none", "--cv-rows", "50", "--image-policy", "error", "--backend", "faiss"]
+    options += ["--wheel", "x.whl", "--strict", "--title", "Shopee V1", "--out", tmp_path / "kernels"]
+    options += ["--output", tmp_path / "output", "--user", "someone", "--overwrite", "--allow-code-change"]
+    options = [str(o) for o in options]
+    calls: list[dict] = []
+    inner = kernel_build.build_kernel
+    monkeypatch.setattr(kernel_build, "build_kernel", lambda *a, **k: calls.append(k) or inner(*a, **k))
+    out, _ = run(["kaggle", "submit", ensemble, "--name", "shopee-v1", "--no-push", *options], capsys)
+    by_build_kernel = parser.parse_args(
+        ["build-kernel", "--ensemble", str(ensemble), "--name", "shopee-v1", *options]
+    )
+    assert calls == [kernel_options(by_build_kernel)]
+    assert calls[0]["models"] == "full" and calls[0]["allow_over_time"] and calls[0]["tta"] == "flip"
+    assert calls[0]["allow_code_change"]
+    assert "1 full-data models" in out and "accelerator none" in out and kaggle.sent["order"] == []
 
 
 def test_submit_pushes_the_offline_kernel_and_submits_a_version_that_ran(

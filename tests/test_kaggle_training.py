@@ -9,16 +9,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from shopee.kaggle_gpu.training import MANIFEST, RUN_RECORD, build_training_kernel, device_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_device_groups_pair_folds_and_run_an_odd_one_data_parallel() -> None:
-    assert device_groups([0, 1, 2, 3, 4], 2) == [([0, 1, 2, 3], "0,1"), ([4], "0+1")]
+def test_device_groups_pair_folds_and_run_an_odd_one_as_planned() -> None:
+    assert device_groups([0, 1, 2, 3, 4], 2) == [([0, 1, 2, 3], "0,1"), ([4], "0")]
+    assert device_groups([0, 1, 2, 3, 4], 2, lone_fold_gpus=2) == [([0, 1, 2, 3], "0,1"), ([4], "0+1")]
     assert device_groups([0, 1], 2) == [([0, 1], "0,1")]
-    assert device_groups([3], 2) == [([3], "0+1")]
+    assert device_groups([3], 2, lone_fold_gpus=2) == [([3], "0+1")]
+    assert device_groups([0, 1, 2], 2, at_once=1) == [([0, 1, 2], "0")]  # the disk: one at a time
+    assert device_groups([0, 1, 2], 2, lone_fold_gpus=2, at_once=1) == [([0, 1, 2], "0+1")]
     assert device_groups([0, 1, 2], 1) == [([0, 1, 2], "0")]
     assert device_groups([0, 1], 0) == [([0, 1], "cpu")]
 
@@ -30,7 +34,7 @@ def test_training_kernel_metadata(tmp_path: Path) -> None:
         user="tester",
         out=tmp_path,
         overrides=["epochs=2"],
-        resume_from="tester/exp003-train",
+        resume_from="tester/exp003-train-1",  # an earlier kernel: Kaggle attaches no kernel to itself
     )
     meta = json.loads((kernel.notebook_dir / "kernel-metadata.json").read_text())
     assert meta["id"] == "tester/exp003-train" and kernel.kernel_id == meta["id"]
@@ -38,7 +42,7 @@ def test_training_kernel_metadata(tmp_path: Path) -> None:
     assert meta["machine_shape"] == "NvidiaTeslaT4" and "docker_image" not in meta
     assert meta["competition_sources"] == ["shopee-product-matching"]
     assert meta["dataset_sources"] == ["tester/exp003-train-dataset"]
-    assert meta["kernel_sources"] == ["tester/exp003-train"]  # the previous version's output
+    assert meta["kernel_sources"] == ["tester/exp003-train-1"]  # the earlier kernel's output
     manifest = json.loads((kernel.dataset_dir / MANIFEST).read_text())
     assert (
         manifest["exp"] == "exp003" and manifest["folds"] == [0, 1] and manifest["overrides"] == ["epochs=2"]
@@ -98,3 +102,18 @@ def test_folds_trained_by_the_kernel_equal_local_training(
     assert ensembles["pulled"]["params"] == ensembles["local"]["params"]
     assert ensembles["pulled"]["cv_f1"] == ensembles["local"]["cv_f1"]
     assert (tmp_path / "built" / "shopee-pulled-dataset" / "models" / "exp003" / "fold1").is_dir()
+
+
+def test_a_kernel_whose_folds_cannot_fit_the_disk_is_refused(monkeypatch, tmp_path: Path) -> None:
+    """Kaggle keeps about 20 GB of /kaggle/working: a run that cannot fit even one fold at a time
+    is refused before anything is built, with one line naming the figure."""
+    from shopee.errors import ShopeeError
+    from shopee.kaggle_gpu import training
+
+    measured = {"parameters": 2_000_000_000, "head_parameters": 0, "embedding_dims": 512}
+    fake = {"measured": measured, "lone_fold": {"gpus": 1, "why": "-"}, "machines": []}
+    monkeypatch.setattr(training, "kaggle_estimate", lambda cfg: fake)
+    monkeypatch.setattr(training, "estimate_hours", lambda cfg, folds: 1.0)
+    with pytest.raises(ShopeeError, match=r"need 5\d\.\d GB of /kaggle/working even one at a time"):
+        build_training_kernel("exp003", [0, 1], user="tester", out=tmp_path)
+    assert not (tmp_path / "exp003-train").exists()

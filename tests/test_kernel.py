@@ -245,6 +245,38 @@ def test_build_errors(trained, tmp_path: Path, capsys, monkeypatch) -> None:
     )
 
 
+def test_build_kernel_refuses_a_fold_other_code_trained_unless_allowed(
+    trained, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The bundle ships this checkout's code: a fold whose recorded code digest differs is refused
+    in one line and nothing is written; with --allow-code-change the manifest names it, with the
+    folds the ensemble was tuned on although other code trained them."""
+    out, _ = trained
+    output = Path(shutil.copytree(out, tmp_path / "output"))
+    config = output / "exp001" / "fold0" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["code_digest"]["files"]["embed.py"] = "0" * 64
+    meta["code_digest"]["sha256"] = "1" * 64
+    config.write_text(json.dumps(meta))
+    ensemble_path = output / "ensembles" / "t.json"
+    ensemble = json.loads(ensemble_path.read_text())
+    ensemble_path.write_text(json.dumps({**ensemble, "code_changes": {"exp001:1": ["data.py"]}}))
+    monkeypatch.setattr(kernel_build, "source_state", lambda _: ("abc123", []))  # a clean checkout
+    kernels = tmp_path / "k"
+    argv = ["build-kernel", "--ensemble", str(ensemble_path), "--name", "shopee-c", "--user", "tester"]
+    argv += ["--out", str(kernels)]
+
+    err = _run(argv, capsys, code=2)
+    assert err == (
+        f"error: {output / 'exp001' / 'fold0'}: trained by other code (embed.py differs from this "
+        "checkout); pass --allow-code-change to use it anyway\n"
+    )
+    assert not kernels.exists()
+    _run([*argv, "--allow-code-change"], capsys)
+    manifest = json.loads((kernels / "shopee-c-dataset" / MANIFEST).read_text())
+    assert manifest["code_changes"] == {"exp001:0": ["embed.py"], "exp001:1": ["data.py"]}
+
+
 def test_image_and_text_fold_reloads_to_its_oof_embeddings(trained) -> None:
     """The rebuilt exp001 model reads its validation rows through the same dataset as training
     (images and titles) and gives back the stored OOF embeddings of every kind."""
@@ -458,10 +490,13 @@ def test_a_kernel_of_full_data_models(trained, tmp_path: Path, capsys, monkeypat
     assert not (tmp_path / "k" / "shopee-full").exists()
     printed = _run([*base, "--allow-over-time"], capsys)
     assert "estimated runtime on 70,000 test rows, GPU T4 x2" in printed
+    carried = "the fold models' estimate, carried over to the full-data models: no CV scores them"
+    assert "CV F1 expected at 70000 rows: " in printed and carried in printed  # no CV measured them
 
     dataset = tmp_path / "k" / "shopee-full-dataset"
     manifest = json.loads((dataset / MANIFEST).read_text())
     assert manifest["folds"] == ["exp001/full"] and manifest["models"] == "full"
+    assert manifest["expected_f1"]["carried_over"] == carried
     assert manifest["estimated_runtime_s"] > 60
     bundled = json.loads((dataset / "ensemble.json").read_text())
     tuned = json.loads(ensemble.read_text())
@@ -473,12 +508,14 @@ def test_a_kernel_of_full_data_models(trained, tmp_path: Path, capsys, monkeypat
         json.loads((tmp_path / "k" / "shopee-full" / "shopee-full.ipynb").read_text())["cells"][0]["source"]
     )
     assert "Full-data models" in intro and "exp001/full" in intro
+    assert carried in intro and "objective, of the fold models it was tuned on)" in intro
 
     work = tmp_path / "run"
     printed = _run(
         ["run-kernel", str(tmp_path / "k" / "shopee-full"), "--data", str(data), "--work", str(work)], capsys
     )
     assert "embed:exp001/full" in printed
+    assert carried in printed  # predict's own line in the notebook
     cli = tmp_path / "cli.csv"
     bundle = ["--ensemble", str(dataset / "ensemble.json"), "--output", str(dataset / "models")]
     _run(["predict", *bundle, "--data", str(data), "--out", str(cli)], capsys)

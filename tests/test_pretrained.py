@@ -7,6 +7,7 @@ give the same logits and sensible ImageNet classes on scikit-learn's two sample 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -428,9 +429,12 @@ def test_text_model_from_the_hugging_face_cache(tiny_text_dir, tmp_path, monkeyp
     shutil.copytree(tiny_text_dir, snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
-    assert resolve_text_model("some-org/tiny-bert") == str(snapshot)
+    assert resolve_text_model("some-org/tiny-bert", with_weights=False) == str(snapshot)
     model, _, source = create_text_encoder("some-org/tiny-bert", pretrained=False)
     assert source == str(snapshot) and model.config.hidden_size == 16
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFound, match=r"cache 'some-org/tiny-bert' \(no weights cached\)"):
+        resolve_text_model("some-org/tiny-bert")  # weights wanted: a snapshot without them is passed over
     with pytest.raises(ShopeeError, match="text_model is empty"):
         resolve_text_model("")
 
@@ -485,8 +489,9 @@ def _online(monkeypatch) -> None:
 
 
 def test_text_model_downloads_from_the_hub_when_online(tiny_text_dir, tmp_path, monkeypatch):
-    """Not in any cache and the machine online: the config, the tokenizer and one weights file
-    (safetensors over .bin) come from the hub into its cache (the hub client mocked)."""
+    """Not in any cache and the machine online: the config and the tokenizer come from the hub into
+    its cache (the hub client mocked); the weights only when wanted (one file, safetensors over
+    .bin): ``pretrained=False`` never costs a weights download."""
     import shutil
 
     import huggingface_hub
@@ -515,8 +520,46 @@ def test_text_model_downloads_from_the_hub_when_online(tiny_text_dir, tmp_path, 
     assert source == str(tmp_path / "hf" / "snapshot") and model.config.hidden_size == 16
     assert tokenizer is not None and asked["listed"] == asked["repo"] == "some-org/tiny-bert"
     assert "config.json" in asked["patterns"] and "tokenizer_config.json" in asked["patterns"]
-    assert "model.safetensors" in asked["patterns"]
+    weight_files = [p for p in asked["patterns"] if p.endswith(pretrained._WEIGHT_SUFFIXES)]
+    assert weight_files == []  # an architecture and a tokenizer: no weights downloaded
+
+    shutil.rmtree(tmp_path / "hf" / "snapshot")
+    resolve_text_model("some-org/tiny-bert")  # the weights wanted: one file of them
+    assert "model.safetensors" in asked["patterns"] and "config.json" in asked["patterns"]
     assert "pytorch_model.bin" not in asked["patterns"] and "flax_model.msgpack" not in asked["patterns"]
+
+
+def test_a_pinned_revision_reaches_the_hub_download(tiny_text_dir, tmp_path, monkeypatch):
+    """``$SHOPEE_HUB_REVISIONS`` (as ``fetch`` prints it) pins the listing and the download of that
+    repository to its commit; other repositories, and a malformed value, are not silently pinned."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    _online(monkeypatch)
+    sha = "a" * 40
+    asked = []
+
+    class Api:
+        def list_repo_files(self, repo_id, **kwargs):
+            asked.append(("list", repo_id, kwargs.get("revision")))
+            return [p.name for p in tiny_text_dir.iterdir()]
+
+    def snapshot_download(repo_id, allow_patterns, **kwargs):
+        asked.append(("snapshot", repo_id, kwargs.get("revision")))
+        return str(tiny_text_dir)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setenv(pretrained.HUB_REVISIONS_ENV, json.dumps({"some-org/tiny-bert": sha}))
+    create_text_encoder("some-org/tiny-bert", pretrained=False)
+    assert asked == [("list", "some-org/tiny-bert", sha), ("snapshot", "some-org/tiny-bert", sha)]
+    asked.clear()
+    create_text_encoder("other-org/tiny-bert", pretrained=False)
+    assert asked == [("list", "other-org/tiny-bert", None), ("snapshot", "other-org/tiny-bert", None)]
+    monkeypatch.setenv(pretrained.HUB_REVISIONS_ENV, '["not", "an object"]')
+    with pytest.raises(ShopeeError, match="SHOPEE_HUB_REVISIONS: expected a JSON object"):
+        create_text_encoder("some-org/tiny-bert", pretrained=False)
 
 
 def test_text_download_failure_and_offline_switch_are_one_line(tmp_path, monkeypatch):

@@ -108,3 +108,23 @@ def test_an_architecture_without_its_tokenizer_cannot_read_titles() -> None:
         dataset_for(cfg, model, rows)
     with pytest.raises(ShopeeError, match="no text model"):
         create_text_encoder("google-bert/bert-base-uncased", pretrained=True)
+
+
+def test_a_debug_run_keeps_the_size_of_a_backbone_with_a_fixed_input() -> None:
+    """``--debug`` shrinks images to ``debug_image_size``, except for a backbone that takes one
+    size: Swin at 64 px fails ("Input height (64) doesn't match model (224)"). timm's pretrained
+    config says which, without building the model or fetching weights."""
+    import timm
+
+    from shopee.models.encoders import fixed_input_size
+    from shopee.train import effective_config
+
+    assert fixed_input_size("swin_base_patch4_window7_224") == 224
+    assert fixed_input_size("tf_efficientnet_lite0") is None and fixed_input_size("eca_nfnet_l1") is None
+    for exp, size in (("exp050", 224), ("exp052", 224), ("exp053", 64), ("exp055", 64)):
+        _, cfg = load_experiment(str(ROOT / "exp" / f"{exp}.py"))
+        debug = effective_config(cfg.validate(), debug=True)
+        assert debug.image_size == size and debug.num_workers == 0, exp
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0).eval()
+    with torch.no_grad(), pytest.raises((AssertionError, RuntimeError), match="224"):
+        swin(torch.randn(1, 3, 64, 64))  # the size it used to shrink to (224 runs: the recipe test)

@@ -381,3 +381,103 @@ def test_full_data_run_takes_its_epochs_from_the_cv_folds(
     assert fixed["epochs"] == 2
     with pytest.raises(ShopeeError, match="full_epochs=9 exceeds the schedule's 6 epochs"):
         train_fold(cfg.with_overrides(["full_epochs=9"]), "fixed", "full", demo_copy, out, overwrite=True)
+
+
+def _phased_f1(monkeypatch: pytest.MonkeyPatch, table: dict[str, dict[int, float]], phase: list[str]):
+    """The CV F1 of epoch e is ``table[phase[0]][e]`` (the phase switched by the test between a
+    killed run and its resume: a GPU does not retrain an epoch bit for bit); the embeddings
+    scored are kept by (phase, epoch)."""
+    import shopee.train
+
+    scored: dict[tuple[str, int], np.ndarray] = {}
+    epoch = {"now": 0}
+    real_epoch, real_eval = shopee.train._one_epoch, shopee.train.evaluate_embeddings
+
+    def one_epoch(run, e, *args):
+        epoch["now"] = e + 1
+        return real_epoch(run, e, *args)
+
+    def scripted(embeddings: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float]:
+        scored[(phase[0], epoch["now"])] = np.array(embeddings)
+        return {**real_eval(embeddings, labels, k), "f1": table[phase[0]][epoch["now"]]}
+
+    monkeypatch.setattr(shopee.train, "_one_epoch", one_epoch)
+    monkeypatch.setattr(shopee.train, "evaluate_embeddings", scripted)
+    return scored
+
+
+@pytest.mark.parametrize("killed_before", ["last.pt", "best.pt", "metrics.json"])
+def test_a_kill_between_two_writes_keeps_weights_and_metrics_together(
+    demo_copy: Path, text_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_before: str
+) -> None:
+    """Epoch 2 is a new best, and the run is killed before one of its writes; the resume retrains
+    what the checkpoint lacks and scores it lower (as a GPU may: not bit for bit), then early
+    stopping keeps the best epoch of the history it ends with. The fold's OOF embeddings are those
+    that epoch's weights gave, whichever write the kill fell before."""
+    import shopee.train
+    from shopee.outputs import FoldRecord
+    from shopee.train import train_fold
+
+    cfg = _tiny_text_config(text_dir, epochs=6, early_stopping_patience=2)
+    phase = ["killed"]
+    table = {"killed": {1: 0.70, 2: 0.80}, "resumed": {2: 0.60, 3: 0.65, 4: 0.66, 5: 0.5}}
+    scored = _phased_f1(monkeypatch, table, phase)
+
+    def kill_at_epoch_2(real, writes_epoch):
+        def write(*args, **kwargs):
+            if writes_epoch(*args) == 2:
+                raise KeyboardInterrupt(f"killed before {killed_before}")
+            return real(*args, **kwargs)
+
+        return write
+
+    patches = {
+        "last.pt": ("_save_checkpoint", lambda run, scheduler, epoch: epoch),
+        "best.pt": ("_save_best", lambda run, epoch: epoch),
+        "metrics.json": (
+            "write_json",
+            lambda path, data: len(data.get("epochs", [])) if "epochs" in data else 0,
+        ),
+    }
+    name, epoch_of = patches[killed_before]
+    real = getattr(shopee.train, name)
+    monkeypatch.setattr(shopee.train, name, kill_at_epoch_2(real, epoch_of))
+    output = tmp_path / "output"
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cfg, "kill", 0, demo_copy, output)
+    monkeypatch.setattr(shopee.train, name, real)
+
+    phase[0] = "resumed"
+    train_fold(cfg, "kill", 0, demo_copy, output, resume=True)
+    fold = output / "kill" / "fold0"
+    metrics = json.loads((fold / "metrics.json").read_text())
+    resumed_after = 1 if killed_before == "last.pt" else 2
+    f1s = [e["cv_f1"] for e in metrics["epochs"]]
+    assert f1s[:resumed_after] == [0.70, 0.80][:resumed_after]
+    best = metrics["best_epoch"]
+    assert best == (1 if resumed_after == 1 else 2)  # the retrained epoch 2 scored 0.60
+    expected = scored[("killed" if best <= resumed_after else "resumed", best)]
+    np.testing.assert_allclose(FoldRecord.open(fold).oof("txt"), expected, atol=1e-6)
+    assert metrics["summary"]["cv_f1"] == f1s[best - 1]
+
+
+def test_a_resume_of_another_config_starts_over(demo_copy: Path, text_dir: Path, tmp_path: Path) -> None:
+    """A restored ``.partial`` made by another config (another --set, a --debug run) is no start:
+    the fold starts over and says why, instead of failing in every continuation."""
+    import shopee.train
+    from shopee.train import train_fold
+
+    output = tmp_path / "output"
+    partial = output / "other" / "fold0.partial"
+    partial.mkdir(parents=True)
+    other = _tiny_text_config(text_dir, epochs=1, seed=7)
+    torch_save = {"config": other.to_dict(), "debug": False, "epoch": 1}
+    import torch
+
+    torch.save(torch_save, partial / "last.pt")
+    cfg = _tiny_text_config(text_dir, epochs=1)
+    summary = train_fold(cfg, "other", 0, demo_copy, output, resume=True)
+    log = (output / "other" / "fold0" / "train.log").read_text()
+    line = next(x for x in log.splitlines() if shopee.train.STARTED_OVER in x)
+    assert "cannot be resumed: it was made with another config (seed=7 in the checkpoint, 42 here)" in line
+    assert summary["cv_f1"] > 0

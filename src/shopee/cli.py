@@ -12,11 +12,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shopee.cli_args import DATA_HELP, add_backend, add_exact_blending, positive_int
+from shopee.cli_args import (
+    DATA_HELP,
+    add_allow_code_change,
+    add_backend,
+    add_exact_blending,
+    add_kernel_options,
+    add_models,
+    add_tta,
+    kernel_options,
+    positive_int,
+)
 from shopee.constants import (
     FOLD_COMBINATIONS,
     IMAGE_POLICIES,
-    MODEL_CHOICES,
     OBJECTIVES,
     PREDICT_IMAGE_POLICIES,
     TEST_ROWS,
@@ -25,7 +34,6 @@ from shopee.data import SPLITS, find_data_dir, read_split
 from shopee.errors import ShopeeError, exit_code
 from shopee.fetch import add_fetch_parser
 from shopee.kaggle_gpu.commands import add_kaggle_parser
-from shopee.outputs import WEIGHT_FORMATS
 from shopee.plan import add_plan_parser
 
 
@@ -107,11 +115,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
     groups = parse_groups(args.gpus or default)
     exp_path = Path(args.exp) if Path(args.exp).suffix else Path("exp") / f"{args.exp}.py"
     passed = ["--output", args.output, *(["--data", args.data] if args.data else [])]
-    passed += [
-        flag
-        for flag, on in (("--debug", args.debug), ("--resume", args.resume), ("--overwrite", args.overwrite))
-        if on
-    ]
+    flags = {
+        "--debug": args.debug,
+        "--resume": args.resume,
+        "--overwrite": args.overwrite,
+        "--slim-weights": args.slim_weights,
+    }
+    passed += [flag for flag, on in flags.items() if on]
     for assignment in args.set:
         passed += ["--set", assignment]
     print(f"{exp}: folds {folds} over {len(groups)} device group(s): {args.gpus or default}", flush=True)
@@ -153,6 +163,7 @@ def _cmd_optimize_ensemble(args: argparse.Namespace) -> None:
         test_rows=args.test_rows,
         fold_combination=args.fold_combination,
         exact_blending=args.exact_blending,
+        allow_code_change=args.allow_code_change,
     )
     ensemble = read_ensemble(output / "ensembles" / f"{args.name}.json")
     print(summary_table(ensemble).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -204,26 +215,7 @@ def _cmd_build_kernel(args: argparse.Namespace) -> None:
     from shopee.kernel import metadata as meta
     from shopee.kernel.bundle import size_mib
 
-    kernel = build_kernel(
-        Path(args.ensemble),
-        args.name,
-        user=args.user,
-        out=Path(args.out),
-        output=Path(args.output) if args.output else None,
-        title=args.title,
-        accelerator=args.accelerator,
-        private=not args.public,
-        tta=None if args.tta == "none" else args.tta,
-        image_policy=args.image_policy,
-        backend=args.backend,
-        cv_rows=args.cv_rows,
-        wheels=[Path(w) for w in args.wheel],
-        strict=args.strict,
-        overwrite=args.overwrite,
-        weights=args.weights,
-        models=args.models,
-        allow_over_time=args.allow_over_time,
-    )
+    kernel = build_kernel(Path(args.ensemble), args.name, **kernel_options(args))
     m = kernel.manifest
     size = size_mib(m)
     print(f"notebook {kernel.notebook} (kernel {m['kernel']}, accelerator {args.accelerator}, internet off)")
@@ -292,26 +284,6 @@ def _dims(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _add_tta(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tta",
-        choices=("none", "flip"),
-        default="none",
-        type=str.lower,
-        help="test-time augmentation: flip also embeds mirrored images and averages [%(default)s]",
-    )
-
-
-def _add_models(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--models",
-        choices=MODEL_CHOICES,
-        default="folds",
-        help="embed with the ensemble's fold models, or with each experiment's full-data model "
-        "(python exp/EXP.py --fold full; the thresholds are the folds' carried over) [%(default)s]",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shopee",
@@ -366,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--debug", action="store_true", help="smoke runs")
     train.add_argument("--resume", action="store_true", help="continue interrupted folds")
     train.add_argument("--overwrite", action="store_true", help="train finished folds again")
+    train.add_argument(
+        "--slim-weights", action="store_true", help="finished folds keep float16 weights without heads"
+    )
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     train.set_defaults(func=_cmd_train)
 
@@ -437,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kNN search per fold (0 skips blending) [%(default)s]",
     )
     add_backend(opt, default="auto")  # faiss searches about 1.5x faster than torch on CPU
+    add_allow_code_change(opt)
     opt.set_defaults(func=_cmd_optimize_ensemble)
 
     pred = sub.add_parser("predict", help="embed and match a split with a tuned ensemble; write a submission")
@@ -467,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="devices sharing the fold models, e.g. cuda:0,cuda:1 [every visible GPU, else the CPU]",
     )
-    _add_tta(pred)
-    _add_models(pred)
+    add_tta(pred)
+    add_models(pred)
     add_backend(pred)
     pred.set_defaults(func=_cmd_predict)
 
@@ -477,46 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kern.add_argument("--ensemble", required=True, help="OUTPUT/ensembles/NAME.json")
     kern.add_argument("--name", required=True, help="kernel slug: writes OUT/NAME and OUT/NAME-dataset")
-    kern.add_argument("--user", default=None, help="Kaggle user [$KAGGLE_USERNAME, kaggle.json]")
-    kern.add_argument("--title", default=None, help="notebook title; must read as the slug [from --name]")
-    kern.add_argument("--out", default="kernels", help="where the two folders go [%(default)s]")
-    kern.add_argument("--output", default=None, help="experiments' output root [the folder above ensembles/]")
-    kern.add_argument(
-        "--accelerator",
-        default="NvidiaTeslaT4",
-        metavar="{NvidiaTeslaT4,NvidiaL4,none}",
-        help="Kaggle machine_shape: NvidiaTeslaT4 is GPU T4 x2; none runs on CPU; the P100 is refused "
-        "(Kaggle's 2026 torch has no kernels for it) [%(default)s]",
-    )
-    kern.add_argument("--public", action="store_true", help="make the notebook public [private]")
-    _add_tta(kern)
-    kern.add_argument(
-        "--image-policy",
-        choices=PREDICT_IMAGE_POLICIES,
-        default="blank",
-        help="a test image that will not open [%(default)s: the submission stays complete]",
-    )
-    kern.add_argument(
-        "--cv-rows", type=positive_int, default=None, help="train rows scored in CV mode [all of train]"
-    )
-    kern.add_argument(
-        "--wheel", action="append", default=[], metavar="FILE", help="a wheel to install offline (repeatable)"
-    )
-    kern.add_argument(
-        "--weights",
-        choices=WEIGHT_FORMATS,
-        default="fp16",
-        help="fold weights in the bundle, inference only (no margin head): fp16 halves them [%(default)s]",
-    )
-    _add_models(kern)
-    kern.add_argument(
-        "--allow-over-time",
-        action="store_true",
-        help="build even when the estimated runtime on 70,000 rows (T4 x2) exceeds Kaggle's 2 hours",
-    )
-    kern.add_argument("--strict", action="store_true", help="refuse to build from uncommitted changes")
-    kern.add_argument("--overwrite", action="store_true", help="replace folders holding another kernel")
-    add_backend(kern)
+    add_kernel_options(kern)
     kern.set_defaults(func=_cmd_build_kernel)
 
     runk = sub.add_parser("run-kernel", help="execute a built notebook here, offline, as Kaggle would")

@@ -41,6 +41,9 @@ FUSIONS = ("none", "late", "early", "multi")
 OPTIMIZERS = ("adamw", "sgd")
 # Parts a training stage can unfreeze; "image.lastN" / "text.lastN" name the last N blocks/layers.
 PARTS = ("all", "image", "text", "neck", "head")
+# Fields that set how fast a run goes, never what it computes: left out when the configs of two
+# runs are compared (a checkpoint resumed, a fold pulled, the folds a full-data run follows).
+RUNTIME_FIELDS = ("num_workers",)
 
 
 @dataclass
@@ -114,7 +117,9 @@ class Config:
     amp: str = "auto"  # mixed precision on CUDA: auto, bf16, fp16, off (fp32 on CPU; see runtime)
     channels_last: bool = True  # on CUDA
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (GPUs only)
-    num_workers: int = 2
+    # Processes decoding images for each loader; -1: as many as this process's share of the CPU
+    # cores (none for a model without images). Speed only: augmentation draws per row, not per worker.
+    num_workers: int = -1
     # --- sampling and augmentation --------------------------------------------------------------
     sample_weight_power: float = 0.0  # sample weight 1/size**p by group size (0 = uniform)
     balanced: bool = False  # class-balanced resampling ...
@@ -158,6 +163,11 @@ class Config:
         choice("image_policy", IMAGE_POLICIES)
         choice("amp", AMP_MODES)
         positive("n_folds", "image_size", "max_len", "scale", "batch_size", "accum_steps")
+        if self.batch_size < 2:
+            raise ConfigError(
+                f"batch_size={self.batch_size}: the neck's BatchNorm (neck {self.neck!r}) cannot train "
+                "on one row"
+            )
         if self.embed_dim is not None:
             positive("embed_dim")
             if self.neck == "bn" and not self.shared_projection:
@@ -166,6 +176,8 @@ class Config:
                     "encoder's width): use a projecting neck (linear_bn, linear_bn_prelu, fc_dropout) "
                     "or leave embed_dim unset"
                 )
+        if self.num_workers < -1:
+            raise ConfigError(f"num_workers={self.num_workers} must be -1 (auto) or 0 and more")
         positive("eval_k", "eval_batch_size", "debug_batches", "debug_image_size", "subcenters")
         positive("lr_image", "lr_text", "lr_head", "early_layers", "early_heads", "early_dim")
         if self.n_folds < 2:
@@ -233,6 +245,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """``to_dict`` without the ``RUNTIME_FIELDS``: what two runs must share to compute the same."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         """A config from ``to_dict`` output, also of an older version of this class (not validated)."""
@@ -273,6 +289,18 @@ class Config:
                 raise ConfigError(f"--set {key}: unknown config key{hint}")
             changes[key] = parse_value(key, text, hints[key])
         return dataclasses.replace(self, **changes).validate()
+
+
+def config_difference(expected: dict[str, Any], found: dict[str, Any], where: str) -> str:
+    """The first key (in the config's field order) whose value differs between the ``expected``
+    config and the one ``found`` in ``where``, as a phrase; "" if none. JSON's view of the values:
+    a tuple and a list of the same items are the same config."""
+    expected, found = (json.loads(json.dumps(c, sort_keys=True, default=str)) for c in (expected, found))
+    for key in [*expected, *(k for k in found if k not in expected)]:
+        if expected.get(key, "<absent>") != found.get(key, "<absent>"):
+            there, here = found.get(key, "<absent>"), expected.get(key, "<absent>")
+            return f"{key}={there!r} in {where}, {here!r} here"
+    return ""
 
 
 def parse_value(key: str, text: str, hint: Any) -> Any:

@@ -413,9 +413,13 @@ def optimize_ensemble(
     test_rows: int = TEST_ROWS,
     fold_combination: str = FOLD_COMBINATIONS[0],
     exact_blending: bool = False,
+    allow_code_change: bool = False,
 ) -> dict[str, Any]:
     """Load the experiments' OOF, search the params, write ``<output>/ensembles/NAME.json`` and
     the report folder; returns the summary printed as the last line.
+
+    Folds trained by other embedding-shaping code than this checkout's are refused unless
+    ``allow_code_change``; the ensemble file then records them (``code_changes``).
 
     A pair model (``pair_model``) is shipped (used by predict) only when it beats the rule on the
     held-out CV (on the dense CV without a held-out estimate), or when ``force_pair_model``;
@@ -435,7 +439,9 @@ def optimize_ensemble(
         from shopee.pairwise.model import _lightgbm
 
         _lightgbm()  # fail before any work
-    oof = load_oof(output, experiments, log=lambda line: print(line, flush=True))
+    oof = load_oof(
+        output, experiments, log=lambda line: print(line, flush=True), allow_code_change=allow_code_change
+    )
     for note in oof.skipped:
         print(f"skipped: {note}", flush=True)
     if objective == "dense" and not oof.has_dense:
@@ -555,6 +561,7 @@ def optimize_ensemble(
         "projections": _save_projections(projections, result.params, output / "ensembles", name),
         "experiments": {exp: oof.folds for exp in experiments},
         "skipped": oof.skipped,
+        "code_changes": oof.code_changes,
         "data": {"dir": oof.data_dir, "oof_rows": len(oof.index), **oof.data.to_dict()},
         "universes": {u.name: {"rows": u.n, "scored": u.n_scored} for u in scorer.universes},
         "steps": result.steps,

@@ -23,6 +23,9 @@
      "models": "folds",              # or "full": each experiment's full-data model instead
                                      # (``with_full_models``; "experiments" then lists "full")
      "cv_f1_at_rows": {...},         # the F1 expected at a test's row count (size_curve.f1_at)
+     "code_changes": {"exp003:0": ["models/pooling.py"]},  # folds tuned on although other
+                                     # embedding-shaping code trained them (--allow-code-change;
+                                     # shopee.codedigest), with the files that differed; {} or absent
      "scores": {...}, "members": {...}, "steps": [...], "skipped": [...], ...}
 
 An embedding source is ``<exp>:<kind>`` (the fold models' embeddings of that kind, averaged over
@@ -159,6 +162,11 @@ def validate_ensemble(ensemble: Any, where: str = "ensemble") -> dict[str, Any]:
             _fail(where, "pair_model.file", "expected a file name beside the ensemble file")
         if not isinstance(pairs.get("shipped", True), bool):
             _fail(where, "pair_model.shipped", "expected true or false")
+    changes = ensemble.get("code_changes", {})
+    if not isinstance(changes, dict) or not all(
+        isinstance(files, list) and all(isinstance(f, str) for f in files) for files in changes.values()
+    ):
+        _fail(where, "code_changes", f"expected an object of fold -> list of files, got {changes!r}")
     if ensemble.get("fold_combination", FOLD_COMBINATIONS[0]) not in FOLD_COMBINATIONS:
         _fail(
             where,
@@ -212,15 +220,27 @@ def pair_model_path(ensemble_path: str | Path, ensemble: dict[str, Any]) -> Path
     return Path(ensemble_path).parent / pairs["file"] if pairs else None
 
 
+CARRIED_OVER = "the fold models' estimate, carried over to the full-data models: no CV scores them"
+
+
 def expected_f1(ensemble: dict[str, Any], n: int, pair_model: bool = True) -> dict[str, Any] | None:
     """The F1 the CV expects on ``n`` rows of unseen groups (``size_curve.f1_at``) of what
     predict ships: the rule's, or (``pair_model``) a shipped pair model's from its own size
-    curve. None without a size curve holding F1s."""
+    curve. None without a size curve holding F1s. For full-data models (``with_full_models``) it
+    is the fold models' figure, and says so (``carried_over``): nothing measured theirs."""
     pairs = shipped_pair_model(ensemble) if pair_model else None
-    if pairs:
-        estimate = f1_at(pairs.get("size_curve"), n)
-        return {**estimate, "of": "pair model"} if estimate else None
-    return f1_at(ensemble.get("size_curve"), n)
+    estimate = f1_at(pairs.get("size_curve"), n) if pairs else f1_at(ensemble.get("size_curve"), n)
+    if estimate and pairs:
+        estimate = {**estimate, "of": "pair model"}
+    if estimate and ensemble.get("models") == FULL_FOLD:
+        estimate = {**estimate, "carried_over": CARRIED_OVER}
+    return estimate
+
+
+def code_changes(ensemble: dict[str, Any]) -> dict[str, list[str]]:
+    """The folds the ensemble was tuned on although other code trained them (``exp003:0`` -> the
+    files that differed from the checkout that tuned it); {} for an ensemble without any."""
+    return {str(key): list(files) for key, files in ensemble.get("code_changes", {}).items()}
 
 
 def fold_combination(ensemble: dict[str, Any]) -> str:

@@ -5,7 +5,9 @@ from must travel as files. ``fetch`` runs on a machine with internet, resolves e
 the same lookup training uses (``shopee.pretrained``: explicit weights, registry packages, fetched
 folders, the timm / Hugging Face caches, the hub) and writes::
 
-    DIR/shopee-weights.json        manifest: each model's kind, name, folder, source, files + sha256
+    DIR/shopee-weights.json        manifest: each model's kind, name, folder, source, hub repository
+                                   and commit (``repo``, ``revision``; null when not from the hub),
+                                   files + sha256
     DIR/dataset-metadata.json      for ``kaggle datasets create -p DIR --dir-mode zip``
     DIR/image/<name>/model.safetensors   the timm backbone as the models build it (no classifier)
     DIR/text/<name>/                config, tokenizer files and one weights file (AutoModel loads it)
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from typing import Any
 
 from shopee.atomic import atomic_dir, write_json
 from shopee.errors import ShopeeError
-from shopee.pretrained import KAGGLE_INPUT, WEIGHTS_ENV, WEIGHTS_MANIFEST
+from shopee.pretrained import HUB_REVISIONS_ENV, KAGGLE_INPUT, WEIGHTS_ENV, WEIGHTS_MANIFEST
 
 FORMAT = 1
 DEFAULT_OUT = "weights"
@@ -167,6 +170,23 @@ def size_mb(entry: dict[str, Any]) -> float:
 # ------------------------------------------------------------------------------------------------
 # fetching one model
 # ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Origin:
+    """Where a fetched model came from: the lookup's words and, for the hub's files (downloaded or
+    in the Hugging Face cache), the repository and the commit they are at (else None)."""
+
+    source: str
+    repo: str | None = None
+    revision: str | None = None
+
+
+def hub_revisions_of(manifest: dict[str, Any]) -> dict[str, str]:
+    """repository -> commit of every model the manifest records from the hub: the value of
+    ``$SHOPEE_HUB_REVISIONS`` that makes downloads elsewhere (the training kernel) get the same."""
+    pinned = [m for m in manifest["models"] if m.get("repo") and m.get("revision")]
+    return {str(m["repo"]): str(m["revision"]) for m in pinned}
+
+
 def _tensors(state: dict[str, Any]) -> dict[str, Any]:
     """Contiguous tensors, tied ones copied apart (safetensors refuses shared storage)."""
     seen: set[int] = set()
@@ -179,18 +199,19 @@ def _tensors(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fetch_image(wanted: Wanted, target: Path) -> str:
+def _fetch_image(wanted: Wanted, target: Path) -> Origin:
     """The timm backbone's weights into ``target/model.safetensors``; returns where they came from."""
     from safetensors.torch import save_file
 
-    from shopee.pretrained import create_image_backbone
+    from shopee.pretrained import create_image_backbone, image_hub_origin
 
     model, source = create_image_backbone(
         wanted.name, pretrained=True, weights=wanted.weights, **BACKBONE_KWARGS
     )
     with atomic_dir(target, overwrite=True) as tmp:
         save_file(_tensors(model.state_dict()), str(tmp / IMAGE_FILE), metadata={"timm_model": wanted.name})
-    return source
+    repo, revision = image_hub_origin(model) if source.startswith("timm ") else (None, None)
+    return Origin(source, repo, revision)
 
 
 def _text_weights_file(directory: Path, name: str) -> Path:
@@ -204,16 +225,17 @@ def _text_weights_file(directory: Path, name: str) -> Path:
     )
 
 
-def _fetch_text(wanted: Wanted, target: Path) -> str:
+def _fetch_text(wanted: Wanted, target: Path) -> Origin:
     """Config, tokenizer files and the one weights file into ``target``; returns the source."""
-    from shopee.pretrained import locate_text_model, text_files_for_bundle
+    from shopee.pretrained import locate_text_model, snapshot_revision, text_files_for_bundle, text_hub_id
 
     directory, source = locate_text_model(wanted.name, wanted.weights)
     files = [*text_files_for_bundle(directory), _text_weights_file(Path(directory), wanted.name)]
     with atomic_dir(target, overwrite=True) as tmp:
         for file in files:
             shutil.copy2(file, tmp / file.name)  # follows the Hugging Face cache's symlinks to blobs
-    return source
+    revision = snapshot_revision(directory)  # a Hugging Face cache snapshot, downloaded or found
+    return Origin(source, text_hub_id(wanted.name) if revision else None, revision)
 
 
 def fetch(
@@ -238,12 +260,15 @@ def fetch(
             continue
         folder = _folder_for(manifest, item.kind, item.name)
         fetch_one = _fetch_image if item.kind == "image" else _fetch_text
-        source = fetch_one(item, out / folder)
+        origin = fetch_one(item, out / folder)
+        source = origin.source
         entry = {
             "kind": item.kind,
             "name": item.name,
             "folder": folder,
             "source": source,
+            "repo": origin.repo,
+            "revision": origin.revision,
             "files": file_list(out / folder),
         }
         manifest = _merged(manifest, entry)
@@ -343,6 +368,10 @@ def _cmd_fetch(args: argparse.Namespace) -> None:
         f"use it offline: export {WEIGHTS_ENV}={out.resolve()} (here), or attach the dataset to a Kaggle "
         f"notebook (its {WEIGHTS_MANIFEST} is found under {KAGGLE_INPUT})"
     )
+    pins = hub_revisions_of(manifest)
+    if pins:
+        pinned = shlex.quote(json.dumps(pins))
+        print(f"download the same commits elsewhere: export {HUB_REVISIONS_ENV}={pinned}")
     print(
         json.dumps(
             {

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shopee.codedigest import check_records
 from shopee.constants import EMBEDDING_KINDS
 from shopee.errors import ShopeeError
 from shopee.folds import DataFingerprint
@@ -40,6 +41,7 @@ class OOFSet:
     skipped: list[str] = field(default_factory=list)  # "exp003 fold 2: not finished" ...
     dense: dict[int, DenseFold] = field(default_factory=dict)  # fold -> its training rows
     dense_missing: list[str] = field(default_factory=list)  # folds without dense embeddings
+    code_changes: dict[str, list[str]] = field(default_factory=dict)  # folds other code trained
 
     @property
     def has_dense(self) -> bool:
@@ -56,11 +58,15 @@ class OOFSet:
         return sorted(kinds, key=lambda k: (order.get(k, 9), k))
 
 
-def load_oof(output: str | Path, experiments: list[str], log=print) -> OOFSet:
+def load_oof(
+    output: str | Path, experiments: list[str], log=print, allow_code_change: bool = False
+) -> OOFSet:
     """Load every finished fold of ``experiments``; folds missing in one are skipped for all.
 
-    Every fold must have been trained on the same data (same train.csv content, same folds).
-    Folds trained before data fingerprints were recorded get theirs written (``log`` says so).
+    Every fold must have been trained on the same data (same train.csv content, same folds), and
+    by this checkout's embedding-shaping code (``check_records``, before anything is read or
+    written) unless ``allow_code_change``. Folds trained before data fingerprints were recorded
+    get theirs written (``log`` says so).
     """
     output = Path(output)
     if not experiments:
@@ -83,6 +89,10 @@ def load_oof(output: str | Path, experiments: list[str], log=print) -> OOFSet:
             "the experiments share no finished fold: "
             + ", ".join(f"{exp} has {sorted(folds)}" for exp, folds in finished.items())
         )
+    code_changes = check_records(
+        (FoldRecord.open(fold_dir(output, exp, fold)) for fold in common for exp in experiments),
+        allow_code_change,
+    )
 
     indexes: list[pd.DataFrame] = []
     arrays: dict[str, list[np.ndarray]] = {}
@@ -128,7 +138,16 @@ def load_oof(output: str | Path, experiments: list[str], log=print) -> OOFSet:
     for fold_set in dense.values():
         fold_set.embeddings = {k: v for k, v in fold_set.embeddings.items() if k in embeddings}
     return OOFSet(
-        index, embeddings, common, finished, first.data, first.data_dir, skipped, dense, dense_missing
+        index,
+        embeddings,
+        common,
+        finished,
+        first.data,
+        first.data_dir,
+        skipped,
+        dense,
+        dense_missing,
+        code_changes,
     )
 
 

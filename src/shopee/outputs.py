@@ -7,7 +7,8 @@ directory that looks finished. ``fold<k>/`` holds:
 
 - ``config.json``: the experiment, fold, seed, debug flag, git commit, library versions, the data
   it was trained on (``data``: a ``DataFingerprint`` plus the directory, for people), the number
-  of classes, and the resolved ``Config`` (``config``);
+  of classes, the digest of the code that shapes its embeddings (``code_digest``, see
+  ``shopee.codedigest``), and the resolved ``Config`` (``config``);
 - ``model.safetensors``: the model's weights;
 - ``oof_index.parquet`` (posting_id, label_group, fold) and ``oof_<kind>.npy`` for each
   embedding kind, row-aligned, L2-normalized float32;
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from shopee.atomic import atomic_path, write_json
+from shopee.codedigest import CodeDigest
 from shopee.config import Config, embedding_kinds
 from shopee.constants import FULL_FOLD, TFIDF_TEXT_MODEL
 from shopee.errors import ShopeeError
@@ -216,6 +218,18 @@ class FoldRecord:
         return self._data
 
     @property
+    def code_digest(self) -> CodeDigest | None:
+        """The digest of the embedding-shaping code that trained the fold (``shopee.codedigest``);
+        None for a fold trained before digests were kept."""
+        recorded = self.meta.get("code_digest")
+        if recorded is None:
+            return None
+        try:
+            return CodeDigest.from_dict(recorded)
+        except ValueError as exc:
+            raise ShopeeError(f"{self.path / CONFIG_FILE}: code_digest: {exc}") from None
+
+    @property
     def is_legacy(self) -> bool:
         data = self.meta.get("data")
         return not (isinstance(data, Mapping) and "train_sha256" in data)
@@ -360,15 +374,26 @@ def write_inference_weights(
     of ``FoldRecord.buffer_keys``) keep their own dtype: they are not weights but fitted
     statistics (the TF-IDF encoder's IDF and PCA), which fp16 would change."""
     import safetensors.torch
-    import torch
 
     if weights not in WEIGHT_FORMATS:
         raise ShopeeError(f"--weights {weights}: use one of {', '.join(WEIGHT_FORMATS)}")
     state = safetensors.torch.load_file(str(source / MODEL_FILE), device="cpu")
+    save_inference_weights(state, target / MODEL_FILE, weights, buffers)
+
+
+def save_inference_weights(
+    state: Mapping[str, torch.Tensor], path: Path, weights: str = "fp16", buffers: Collection[str] = ()
+) -> None:
+    """``state`` (a model's state dict) written to ``path`` as ``write_inference_weights`` writes
+    it: no margin heads, large floating parameters in float16 unless ``weights="fp32"``."""
+    import safetensors.torch
+    import torch
+
     slim = {}
     for key, tensor in state.items():
         if key.startswith(HEAD_PREFIX):
             continue
+        tensor = tensor.detach().cpu()
         if (
             weights == "fp16"
             and key not in buffers
@@ -377,7 +402,7 @@ def write_inference_weights(
         ):
             tensor = tensor.to(torch.float16)
         slim[key] = tensor.contiguous()
-    with atomic_path(target / MODEL_FILE) as tmp:
+    with atomic_path(path) as tmp:
         safetensors.torch.save_file(slim, str(tmp), metadata={"shopee": f"inference {weights}"})
 
 

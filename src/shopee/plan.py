@@ -54,17 +54,32 @@ class Machine:
     memory_gb: float
     tflops: float  # effective training throughput per GPU in mixed precision: an assumption
     cores: float  # CPU cores decoding images in parallel with the GPUs
+    link_gbps: float = 0.0  # data parallel: the all-reduce's effective bandwidth between the GPUs
 
 
+# Two T4s on PCIe 3 without NVLink: the effective bus bandwidth of NCCL's ring all-reduce between
+# them (GB/s), an assumption; DDP's overlap of the all-reduce with the backward pass is not counted.
+PCIE_ALLREDUCE_GBPS = 5.0
 # Effective throughput: about 12 % of the fp16/bf16 tensor peak for a T4 (65 TFLOPS), 25 % for an
 # A100 (312) and 20 % for an H100 SXM (990 dense): what mixed-precision training of CNNs and BERTs
-# at these batch sizes tends to reach; two T4s scale by 1.8 under DDP (gradient all-reduce over PCIe).
+# at these batch sizes tends to reach. "T4 x2" is one fold data-parallel over Kaggle's two T4s.
 MACHINES = (
     Machine("T4", 1, 16, 8.0, 2),
-    Machine("T4 x2 (Kaggle)", 2, 16, 8.0 * 0.9, 4),
+    Machine("T4 x2 (Kaggle)", 2, 16, 8.0, 4, PCIE_ALLREDUCE_GBPS),
     Machine("A100 40 GB", 1, 40, 78.0, 8),
     Machine("H100 80 GB", 1, 80, 198.0, 16),
 )
+# Kaggle keeps about 20 GB of /kaggle/working across a version; a session plans for a little less
+# (logs, the run record, the kernel's own files).
+KAGGLE_DISK_GB = 20.0
+DISK_BUDGET_GB = 19.0
+# A lone fold on Kaggle's T4 x2: one GPU with all four cores decoding (the other GPU idle).
+KAGGLE_LONE = Machine("T4 (Kaggle, lone fold)", 1, 16, 8.0, 4)
+# A fold goes data-parallel only when each process keeps this many rows for its BatchNorm
+# statistics (or sync_bn is on: statistics over the global batch) ...
+BN_MIN_ROWS = 16
+# ... and the estimate gains at least this share of the one-GPU time (what a first run risks).
+DDP_MIN_GAIN = 0.15
 
 
 def _batch(model, cfg: Config, n: int) -> dict[str, torch.Tensor]:
@@ -108,23 +123,26 @@ def measure(cfg: Config, n_classes: int, sample_batch: int = 2, backward: bool =
         else:
             os.environ["HF_HUB_OFFLINE"] = offline
     set_trainable(model, stages_of(cfg)[0])
+    from shopee.outputs import HEAD_PREFIX
+
     params = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    heads = sum(p.numel() for name, p in model.named_parameters() if name.startswith(HEAD_PREFIX))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(_batch(model, cfg, sample_batch))
+        out = model(_batch(model, cfg, sample_batch))
     forward = counter.get_total_flops()
+    sizes = {
+        "parameters": params,
+        "head_parameters": heads,
+        "embedding_dims": sum(out[k].shape[-1] for k in model.kinds),
+    }
     if not backward:
         depthwise = any(
             isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
             for m in model.modules()
         )
-        return {
-            "parameters": params,
-            "trained": trained,
-            "flops_forward": forward / sample_batch,
-            "depthwise": depthwise,
-        }
+        return {**sizes, "trained": trained, "flops_forward": forward / sample_batch, "depthwise": depthwise}
     seen = {p.untyped_storage().data_ptr() for p in model.parameters()}  # weights are no activations
     saved = 0
 
@@ -143,7 +161,7 @@ def measure(cfg: Config, n_classes: int, sample_batch: int = 2, backward: bool =
     half = cfg.amp != "off"
     saved *= HALF_ACTIVATION_SHARE if half else 1.0
     return {
-        "parameters": params,
+        **sizes,
         "trained": trained,
         # backward = twice the forward: torch's counter (2.15) ignores the groups of a grouped
         # convolution's backward, overcounting EfficientNet's depthwise layers by their width
@@ -154,8 +172,112 @@ def measure(cfg: Config, n_classes: int, sample_batch: int = 2, backward: bool =
     }
 
 
+def all_reduce_seconds(trained: int, machine: Machine) -> float:
+    """One all-reduce of the float32 gradients of ``trained`` parameters: a ring all-reduce moves
+    2 (N - 1) / N of the buffer through each GPU's link (0 on one GPU)."""
+    if machine.gpus < 2 or not machine.link_gbps:
+        return 0.0
+    moved = 4 * trained * 2 * (machine.gpus - 1) / machine.gpus
+    return moved / (machine.link_gbps * 1e9)
+
+
+def updates_per_epoch(cfg: Config, rows: int) -> int:
+    """Optimizer updates in an epoch of ``rows`` (full global batches, one every ``accum_steps``):
+    with ``no_sync`` while accumulating, DDP all-reduces once per update."""
+    return math.ceil(max(1, rows // cfg.batch_size) / cfg.accum_steps)
+
+
+def machine_times(cfg: Config, measured: dict[str, Any], train_rows: int, m: Machine) -> dict[str, Any]:
+    """Epoch and fold seconds of ``cfg`` on ``m``: per pass, the larger of the GPU time (FLOPs at the
+    machine's throughput, plus the gradients' all-reduce once per update when data parallel) and
+    the decoding on its cores; the fold's validation and dense passes added."""
+    valid_rows = train_rows // max(cfg.n_folds, 1)
+    fold_train = train_rows - valid_rows
+    epochs = sum(s.epochs for s in stages_of(cfg))
+    decode = _decode_ms(cfg.image_size) if cfg.image_model else 0.0
+    tokenize = TOKENIZE_MS if cfg.text_model else 0.0
+    rate = m.tflops * 1e12 * m.gpus
+
+    def gpu_and_cpu(n: int, flops: float) -> tuple[float, float]:
+        return n * flops / rate, n * (decode + tokenize) * CORE_SLOWDOWN / 1000 / m.cores
+
+    gpu, cpu = gpu_and_cpu(fold_train, measured["flops_train"])
+    gpu += updates_per_epoch(cfg, fold_train) * all_reduce_seconds(measured["trained"], m)
+    epoch = max(gpu, cpu) + max(gpu_and_cpu(valid_rows, measured["flops_forward"]))
+    dense = max(gpu_and_cpu(fold_train, measured["flops_forward"])) if cfg.dense_oof else 0.0
+    return {
+        "machine": m.name,
+        "epoch_s": epoch,
+        "fold_s": epoch * epochs + dense,
+        "bound": "GPU" if gpu >= cpu else "decoding",
+    }
+
+
+def lone_fold(cfg: Config, measured: dict[str, Any], train_rows: int) -> dict[str, Any]:
+    """How a fold alone on Kaggle's two T4s trains: on one GPU, or data-parallel over both.
+
+    Data parallel halves the compute but all-reduces the gradients over PCIe once per update, and
+    each process normalises its BatchNorm layers over half the batch; it is chosen when each
+    process keeps ``BN_MIN_ROWS`` rows (or ``sync_bn``) and the estimate gains ``DDP_MIN_GAIN``."""
+    one = machine_times(cfg, measured, train_rows, KAGGLE_LONE)["fold_s"]
+    both = machine_times(cfg, measured, train_rows, MACHINES[1])["fold_s"]
+    rows = cfg.batch_size // 2
+    all_reduce = all_reduce_seconds(measured["trained"], MACHINES[1])
+    if rows < BN_MIN_ROWS and not cfg.sync_bn:
+        gpus, why = 1, f"{rows} rows a process for BatchNorm (< {BN_MIN_ROWS}, sync_bn off)"
+    elif both > one * (1 - DDP_MIN_GAIN):
+        gpus, why = 1, f"data parallel gains {1 - both / one:.0%} (< {DDP_MIN_GAIN:.0%})"
+    else:
+        gpus, why = 2, f"data parallel gains {1 - both / one:.0%}"
+    return {
+        "gpus": gpus,
+        "why": why,
+        "one_gpu_fold_s": one,
+        "ddp_fold_s": both,
+        "all_reduce_s": all_reduce,
+        "gradient_gb": 4 * measured["trained"] / 2**30,
+    }
+
+
+def disk(cfg: Config, measured: dict[str, Any], train_rows: int, folds: int | None = None) -> dict[str, Any]:
+    """Bytes a Kaggle training session writes to ``/kaggle/working`` (``KAGGLE_DISK_GB``; a
+    continuation's restored output is the same folders, copied in), and how many folds may train
+    side by side under ``DISK_BUDGET_GB``.
+
+    A training fold keeps ``last.pt`` (float32 weights and AdamW's two moments: 12 bytes a
+    parameter), twice while it is replaced atomically, and with early stopping ``best.pt`` (4
+    bytes a parameter); a finished fold keeps its embeddings and, as the training notebook writes
+    them (``--slim-weights``), float16 weights without the margin heads."""
+    folds = cfg.n_folds if folds is None else folds
+    params, heads = measured["parameters"], measured["head_parameters"]
+    checkpoint = 12 * params
+    best = 4 * params if cfg.early_stopping_patience else 0
+    valid_rows = train_rows // max(cfg.n_folds, 1)
+    arrays = measured["embedding_dims"] * (
+        4 * valid_rows + (2 * (train_rows - valid_rows) if cfg.dense_oof else 0)
+    )
+    training = 2 * checkpoint + best + arrays
+    finished = 2 * (params - heads) + arrays
+
+    def peak(at_once: int) -> int:  # the last folds training while the others have finished
+        at_once = min(at_once, folds)
+        return at_once * training + (folds - at_once) * finished
+
+    side_by_side = next((n for n in (2, 1) if peak(n) <= DISK_BUDGET_GB * 1e9), 0)
+    return {
+        "checkpoint_gb": checkpoint / 1e9,
+        "best_gb": best / 1e9,
+        "training_fold_gb": training / 1e9,
+        "finished_fold_gb": finished / 1e9,
+        "peak_two_gb": peak(2) / 1e9,
+        "peak_one_gb": peak(1) / 1e9,
+        "folds_at_once": side_by_side,  # 0: not even one fold at a time fits
+        "folds": folds,
+    }
+
+
 def estimate(cfg: Config, measured: dict[str, Any], train_rows: int) -> dict[str, Any]:
-    """Memory and time on each of ``MACHINES`` (estimates)."""
+    """Memory and time on each of ``MACHINES`` (estimates), and the choice for a lone fold."""
     frozen = measured["parameters"] - measured["trained"]
 
     def memory(batch: int) -> float:  # one GPU's peak, in GiB
@@ -163,38 +285,19 @@ def estimate(cfg: Config, measured: dict[str, Any], train_rows: int) -> dict[str
         return (weights + measured["activation_bytes"] * batch) / 2**30 + CUDA_OVERHEAD_GB
 
     memory_gb = memory(cfg.batch_size)
-    valid_rows = train_rows // max(cfg.n_folds, 1)
-    fold_train = train_rows - valid_rows
-    epochs = sum(s.epochs for s in stages_of(cfg))
-    decode = _decode_ms(cfg.image_size) if cfg.image_model else 0.0
-    tokenize = TOKENIZE_MS if cfg.text_model else 0.0
     rows = []
     for m in MACHINES:
-        rate = m.tflops * 1e12 * m.gpus
-
-        def gpu_and_cpu(n: int, flops: float, m: Machine = m, rate: float = rate) -> tuple[float, float]:
-            return n * flops / rate, n * (decode + tokenize) * CORE_SLOWDOWN / 1000 / m.cores
-
-        training = gpu_and_cpu(fold_train, measured["flops_train"])
-        epoch = max(training) + max(gpu_and_cpu(valid_rows, measured["flops_forward"]))
-        dense = max(gpu_and_cpu(fold_train, measured["flops_forward"])) if cfg.dense_oof else 0.0
-        gpu_bound = training[0] >= training[1]
-        rows.append(
-            {
-                "machine": m.name,
-                "epoch_s": epoch,
-                "fold_s": epoch * epochs + dense,
-                "bound": "GPU" if gpu_bound else "decoding",
-                # under DDP the batch is global: each GPU holds its share of the activations
-                "fits": memory(math.ceil(cfg.batch_size / m.gpus)) <= m.memory_gb,
-            }
-        )
+        times = machine_times(cfg, measured, train_rows, m)
+        # under DDP the batch is global: each GPU holds its share of the activations
+        rows.append({**times, "fits": memory(math.ceil(cfg.batch_size / m.gpus)) <= m.memory_gb})
     return {
         "memory_gb": memory_gb,
         "fits_16gb": memory_gb <= 16,
-        "epochs": epochs,
-        "fold_train_rows": fold_train,
+        "epochs": sum(s.epochs for s in stages_of(cfg)),
+        "fold_train_rows": train_rows - train_rows // max(cfg.n_folds, 1),
         "machines": rows,
+        "lone_fold": lone_fold(cfg, measured, train_rows),
+        "disk": disk(cfg, measured, train_rows),
     }
 
 
@@ -237,6 +340,21 @@ def plan(exp: str, cfg: Config, train_rows: int = REAL_TRAIN_ROWS) -> dict[str, 
             f"  {row['machine']:<30} {_duration(row['epoch_s']):>9} {_duration(row['fold_s']):>9}  "
             f"{row['bound']}{note}"
         )
+    lone = est["lone_fold"]
+    print(
+        f"  a lone fold on T4 x2: {'one GPU' if lone['gpus'] == 1 else 'data parallel'}: {lone['why']} "
+        f"({_duration(lone['one_gpu_fold_s'])} on one GPU, {_duration(lone['ddp_fold_s'])} on both with "
+        f"{lone['gradient_gb']:.2f} GiB of gradients all-reduced in {lone['all_reduce_s']:.2f} s per update)"
+    )
+    space = est["disk"]
+    schedule = {2: "two at a time", 1: "one at a time", 0: "does NOT fit even one at a time"}
+    print(
+        f"  disk on Kaggle    a training fold {space['training_fold_gb']:.1f} GB (last.pt "
+        f"{space['checkpoint_gb']:.1f} GB, twice while replaced{', best.pt' if space['best_gb'] else ''}), "
+        f"a finished fold {space['finished_fold_gb']:.2f} GB; {space['folds']} folds peak at "
+        f"{space['peak_two_gb']:.1f} GB two at a time, {space['peak_one_gb']:.1f} GB one at a time: "
+        f"{schedule[space['folds_at_once']]} (of {DISK_BUDGET_GB:.0f} GB planned, {KAGGLE_DISK_GB:.0f} kept)"
+    )
     result = {"exp": exp, "n_classes": n_classes, **measured, **est}
     print(json.dumps(result))
     return result

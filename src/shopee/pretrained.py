@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "HUB_REVISIONS_ENV",
     "KAGGLE_INPUT",
     "REGISTRY_IMAGE",
     "REGISTRY_TEXT",
@@ -53,10 +54,14 @@ __all__ = [
     "create_text_encoder",
     "fetched_model",
     "files_problem",
+    "hub_revisions",
+    "image_hub_origin",
     "kaggle_manifests",
     "locate_text_model",
     "resolve_text_model",
+    "snapshot_revision",
     "text_files_for_bundle",
+    "text_hub_id",
 ]
 
 
@@ -110,6 +115,9 @@ _PROBE_TIMEOUT_S = 3.0
 # and where Kaggle mounts attached datasets (a module constant so that tests can point it elsewhere).
 WEIGHTS_MANIFEST = "shopee-weights.json"
 WEIGHTS_ENV = "SHOPEE_WEIGHTS"
+# Hub commits to download at: a JSON object of repository id -> commit sha (``fetch`` prints it), so
+# that a machine downloading itself (the training kernel) gets the files a fetch recorded.
+HUB_REVISIONS_ENV = "SHOPEE_HUB_REVISIONS"
 KAGGLE_INPUT = Path("/kaggle/input")
 # /kaggle/input/datasets/<owner>/<slug>/shopee-weights.json is 4 levels down; older mounts 2.
 KAGGLE_MANIFEST_DEPTH = 4
@@ -187,6 +195,31 @@ def _hf_cached_file(repo_id: str, filenames: Iterable[str]) -> str | None:
 def _one_line(text: object, limit: int = 200) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def hub_revisions() -> dict[str, str]:
+    """``$SHOPEE_HUB_REVISIONS`` (repository id -> commit sha), {} when unset; one error line when
+    it is not a JSON object of strings (a pin silently ignored would download whatever is newest)."""
+    text = os.environ.get(HUB_REVISIONS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        pins = json.loads(text)
+    except ValueError as exc:
+        raise ShopeeError(f"${HUB_REVISIONS_ENV}: not JSON ({_one_line(exc, 120)})") from None
+    if not isinstance(pins, dict) or not all(isinstance(v, str) and v for v in pins.values()):
+        raise ShopeeError(f"${HUB_REVISIONS_ENV}: expected a JSON object of repository -> commit sha")
+    return {str(repo): sha for repo, sha in pins.items()}
+
+
+def snapshot_revision(path: str | Path) -> str | None:
+    """The hub commit a file or folder of the Hugging Face cache belongs to
+    (``models--ORG--NAME/snapshots/<sha>/...``); None for a path elsewhere."""
+    parts = Path(path).parts
+    for i in range(1, len(parts) - 1):
+        if parts[i] == "snapshots" and parts[i - 1].startswith("models--"):
+            return parts[i + 1]
+    return None
 
 
 def _fetch_hint(option: str, name: str) -> str:
@@ -467,6 +500,28 @@ def _registry_file(package: str, module_name: str) -> Path:
     raise ShopeeError(f"registry package {package}: module {module_name} has no get_model_file_path()")
 
 
+def _pinned(hf_hub_id: str | None) -> str | None:
+    """timm's ``repo@sha`` for a repository ``$SHOPEE_HUB_REVISIONS`` pins (timm passes the part after
+    ``@`` to ``hf_hub_download`` as the revision); the id unchanged otherwise."""
+    if not hf_hub_id or "@" in hf_hub_id:
+        return hf_hub_id
+    revision = hub_revisions().get(hf_hub_id)
+    return f"{hf_hub_id}@{revision}" if revision else hf_hub_id
+
+
+def image_hub_origin(model: nn.Module) -> tuple[str | None, str | None]:
+    """(hub repository, commit) of timm's own weights that ``model`` was created with (a timm
+    download or the timm cache: ask only then), the commit read from the Hugging Face cache's
+    folder names; (repository or None, None) when the cache does not say."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    hub_id = cfg.get("hf_hub_id")
+    if not hub_id:
+        return None, None
+    repo, _, pin = str(hub_id).partition("@")
+    cached = _timm_cached_file(cfg)
+    return repo, pin or (snapshot_revision(cached) if cached else None)
+
+
 def _timm_cached_file(cfg: dict[str, Any]) -> str | None:
     """A local copy of timm's pretrained weights (Hugging Face or torch hub cache), if any."""
     if cfg.get("file") and os.path.isfile(cfg["file"]):
@@ -575,12 +630,15 @@ def create_image_backbone(
         elif not _reachable(host):
             tried.append(f"timm download (skipped: {host} unreachable)")
         else:
+            hub_id = _pinned(cfg.get("hf_hub_id"))
+            pinned = hub_id != cfg.get("hf_hub_id")
+            overlay = {"pretrained_cfg_overlay": {"hf_hub_id": hub_id}} if pinned else {}
             try:
-                model = _create_timm(name, pretrained=True, **timm_kwargs)
+                model = _create_timm(name, pretrained=True, **overlay, **timm_kwargs)
             except Exception as exc:  # noqa: BLE001 - any download failure is reported in the list
                 tried.append(f"timm download (failed: {_one_line(exc, 120)})")
             else:
-                return model, f"timm download ({cfg.get('hf_hub_id') or cfg.get('url')})"
+                return model, f"timm download ({hub_id or cfg.get('url')})"
 
     how_to = "provide weights with --set image_weights=PATH (a checkpoint file or directory)"
     if package:
@@ -613,15 +671,22 @@ def _hf_cached_dir(repo_id: str) -> Path | None:
     return Path(found).parent if found else None
 
 
-def resolve_text_model(name: str, weights: str = "") -> str:
+def resolve_text_model(name: str, weights: str = "", *, with_weights: bool = True) -> str:
     """A local model directory for ``name`` that AutoConfig/AutoTokenizer/AutoModel load from.
 
     Tried in order: ``weights`` (a directory; must exist), ``name`` when it is a local directory,
     the registry package for ``name``, a fetched folder (``$SHOPEE_WEIGHTS``, Kaggle inputs), the
     Hugging Face cache, then a download from the hub into that cache when the machine is online and
-    ``HF_HUB_OFFLINE`` is not set (``_hub_download``).
+    ``HF_HUB_OFFLINE`` is not set (``_hub_download``). ``with_weights=False`` (an architecture and
+    a tokenizer: random init, or a trained fold whose weights are in its checkpoint) downloads the
+    config and tokenizer files only; otherwise a cached snapshot without weights is passed over.
     """
-    return locate_text_model(name, weights)[0]
+    return locate_text_model(name, weights, with_weights=with_weights)[0]
+
+
+def text_hub_id(name: str) -> str:
+    """The hub repository a text model name stands for (``all-MiniLM-L6-v2`` is a short name)."""
+    return _TEXT_HUB_IDS.get(name, name)
 
 
 def _text_names(name: str) -> list[str]:
@@ -630,7 +695,7 @@ def _text_names(name: str) -> list[str]:
     return list(dict.fromkeys([name, *aliases]))
 
 
-def locate_text_model(name: str, weights: str = "") -> tuple[str, str]:
+def locate_text_model(name: str, weights: str = "", *, with_weights: bool = True) -> tuple[str, str]:
     """``resolve_text_model``'s directory and where it came from (for ``fetch``'s report)."""
     if weights:
         path = Path(weights).expanduser()
@@ -662,11 +727,11 @@ def locate_text_model(name: str, weights: str = "") -> tuple[str, str]:
         return str(fetched[0]), f"fetched {fetched[0]}"
     for repo_id in dict.fromkeys([name, _TEXT_HUB_IDS.get(name, name)]):
         cached = _hf_cached_dir(repo_id)
-        if cached:
+        if cached and (_has_weights(cached) or not with_weights):
             return str(cached), f"Hugging Face cache {repo_id}"
-        tried.append(f"Hugging Face cache {repo_id!r} (not cached)")
+        tried.append(f"Hugging Face cache {repo_id!r} ({'no weights' if cached else 'not'} cached)")
     repo_id = _TEXT_HUB_IDS.get(name, name)
-    downloaded = _hub_download(repo_id, tried)
+    downloaded = _hub_download(repo_id, tried, with_weights=with_weights)
     if downloaded:
         return downloaded, f"hub download {repo_id}"
     how_to = "provide a model directory with --set text_weights=DIR"
@@ -676,10 +741,11 @@ def locate_text_model(name: str, weights: str = "") -> tuple[str, str]:
     raise WeightsNotFound(f"no text model {name!r} found: tried {'; '.join(tried)}; {how_to}")
 
 
-def _hub_download(repo_id: str, tried: list[str]) -> str | None:
-    """``repo_id``'s config, tokenizer and weights (safetensors when the repository has them, else
-    ``pytorch_model.bin``) downloaded into the Hugging Face cache, when the machine is online and
-    ``HF_HUB_OFFLINE`` is not set; the snapshot directory, or None (why, appended to ``tried``)."""
+def _hub_download(repo_id: str, tried: list[str], *, with_weights: bool = True) -> str | None:
+    """``repo_id``'s config, tokenizer and, ``with_weights``, weights (safetensors when the
+    repository has them, else ``pytorch_model.bin``) downloaded into the Hugging Face cache, when
+    the machine is online and ``HF_HUB_OFFLINE`` is not set; the snapshot directory, or None (why,
+    appended to ``tried``). At the commit ``$SHOPEE_HUB_REVISIONS`` pins for ``repo_id``, if any."""
     if _offline():
         tried.append("hub download (skipped: HF_HUB_OFFLINE is set)")
         return None
@@ -687,19 +753,30 @@ def _hub_download(repo_id: str, tried: list[str]) -> str | None:
     if not _reachable(host):
         tried.append(f"hub download (skipped: {host} unreachable)")
         return None
+    revision = hub_revisions().get(repo_id)
+    pin = {"revision": revision} if revision else {}
     try:
         import huggingface_hub
 
-        files = set(huggingface_hub.HfApi().list_repo_files(repo_id))
+        files = set(huggingface_hub.HfApi().list_repo_files(repo_id, **pin))
         weights = "model.safetensors" if "model.safetensors" in files else "pytorch_model.bin"
-        wanted = sorted((files & _BUNDLE_NAMES) | ({weights} & files))
+        wanted = sorted((files & _BUNDLE_NAMES) | ({weights} & files if with_weights else set()))
         if "config.json" not in wanted:
             tried.append(f"hub download of {repo_id!r} (no config.json in the repository)")
             return None
-        return str(huggingface_hub.snapshot_download(repo_id, allow_patterns=wanted))
+        return str(huggingface_hub.snapshot_download(repo_id, allow_patterns=wanted, **pin))
     except Exception as exc:  # noqa: BLE001 - no such repository, gated, a dropped connection...
         tried.append(f"hub download of {repo_id!r} (failed: {_one_line(exc, 120)})")
         return None
+
+
+def _text_dtype() -> torch.dtype:
+    """float32 master weights for text models (autocast casts per op): transformers 5 builds a model
+    in the dtype its config declares unless told (``dtype="auto"``), and a float16 config would then
+    train float16 weights ("Attempting to unscale FP16 gradients" on a T4; silent bf16 elsewhere)."""
+    import torch
+
+    return torch.float32
 
 
 def shipped_text_config(name: str) -> Path | None:
@@ -719,7 +796,7 @@ def _architecture_only(shipped: Path) -> tuple[PreTrainedModel, None, str]:
     facts = json.loads(shipped.read_text())
     config = AutoConfig.for_model(facts.pop("model_type"), **facts)
     source = f"architecture only: {shipped.name} (random weights, no tokenizer)"
-    return AutoModel.from_config(config), None, source
+    return AutoModel.from_config(config, dtype=_text_dtype()), None, source
 
 
 def _has_weights(directory: Path) -> bool:
@@ -751,7 +828,7 @@ def create_text_encoder(
 
     hf_logging.disable_progress_bar()  # a bar per tensor group; the training log says what loaded
     try:
-        source = resolve_text_model(name, weights)
+        source = resolve_text_model(name, weights, with_weights=pretrained)
     except WeightsNotFound:
         shipped = None if pretrained or weights else shipped_text_config(name)
         if shipped is None:
@@ -770,14 +847,14 @@ def create_text_encoder(
             )
         model = _guard(
             f"text model {name!r}: cannot load the weights from {source}",
-            lambda: AutoModel.from_pretrained(source, local_files_only=True),
+            lambda: AutoModel.from_pretrained(source, local_files_only=True, dtype=_text_dtype()),
         )
     else:
         config = _guard(
             f"text model {name!r}: cannot load the config from {source}",
             lambda: AutoConfig.from_pretrained(source, local_files_only=True),
         )
-        model = AutoModel.from_config(config)
+        model = AutoModel.from_config(config, dtype=_text_dtype())
     return model, tokenizer, source
 
 

@@ -50,6 +50,12 @@ def build_parser(exp: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="train a finished fold again")
     parser.add_argument(
+        "--slim-weights",
+        action="store_true",
+        help="a finished fold keeps float16 inference weights without its margin heads (what a "
+        "kernel ships; a third of the disk)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -141,6 +147,7 @@ def _train_one(
             debug=args.debug,
             resume=args.resume,
             overwrite=args.overwrite,
+            slim_weights=args.slim_weights,
             code_dir=Path(exp_file).resolve().parent,
         )
     except BaseException as exc:

@@ -146,9 +146,10 @@ def describe_f1_at(estimate: Mapping[str, Any] | None) -> str:
         else "not corrected: no held-out estimate"
     )
     of = f" of the {estimate['of']}" if estimate.get("of") else ""
+    carried = f"; {estimate['carried_over']}" if estimate.get("carried_over") else ""
     return (
         f"CV F1{of} expected at {estimate['rows']} rows: {estimate['f1']:.4f} +- {estimate['se']:.4f} "
-        f"(the subsets' F1 fitted as a + b ln(rows), {estimate['slope']:+.4f} per ln, {corrected})"
+        f"(the subsets' F1 fitted as a + b ln(rows), {estimate['slope']:+.4f} per ln, {corrected}{carried})"
     )
 
 

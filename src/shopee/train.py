@@ -13,6 +13,7 @@ is sharded and gathered, and only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -32,11 +33,20 @@ import torch
 import transformers
 
 from shopee.atomic import atomic_path, replace_dir, write_json
-from shopee.config import Config, Stage, check_fold, embedding_kinds, stages_of
+from shopee.codedigest import code_digest
+from shopee.config import (
+    Config,
+    ConfigError,
+    Stage,
+    check_fold,
+    config_difference,
+    embedding_kinds,
+    stages_of,
+)
 from shopee.constants import FULL_FOLD
 from shopee.data import read_split
-from shopee.dataset import PostingDataset, dataset_for, make_loader
-from shopee.distributed import Dist
+from shopee.dataset import PostingDataset, dataset_for, loader_workers, make_loader
+from shopee.distributed import Dist, convert_sync_batchnorm
 from shopee.embed import embed_many
 from shopee.errors import ShopeeError
 from shopee.evaluate import evaluate_embeddings
@@ -55,6 +65,7 @@ from shopee.outputs import (
     fold_name,
     is_finished,
     partial_dir,
+    save_inference_weights,
     write_fold,
     write_full,
 )
@@ -103,10 +114,15 @@ class FoldData:
 
 
 def effective_config(cfg: Config, debug: bool) -> Config:
-    """The config a run uses: ``--debug`` shrinks images and loads data in-process."""
+    """The config a run uses: ``--debug`` shrinks images (not for a backbone that takes one size
+    only, such as Swin's 224: a smaller image would not run) and loads data in-process."""
+    from shopee.models.encoders import fixed_input_size
+
     if not debug:
         return cfg
-    return dataclasses.replace(cfg, image_size=min(cfg.image_size, cfg.debug_image_size), num_workers=0)
+    fixed = bool(cfg.image_model) and fixed_input_size(cfg.image_model) is not None
+    image_size = cfg.image_size if fixed else min(cfg.image_size, cfg.debug_image_size)
+    return dataclasses.replace(cfg, image_size=image_size, num_workers=0)
 
 
 def load_fold_data(cfg: Config, data_dir: Path, fold: Fold, debug: bool) -> FoldData:
@@ -205,6 +221,10 @@ class FoldRun:
     epochs: int  # epochs to train: the schedule's, or a full-data run's share of it
     epochs_from: str  # where ``epochs`` came from (said in the log and the fold's config)
     checkpoint: dict[str, Any] | None = None
+    started_over: str = ""  # why a resume could not continue (train.log and the run record say it)
+    # the code that shapes the embeddings, read when the run starts (an edit while it trains is
+    # not what trained it); checked when the fold is used (shopee.codedigest)
+    code_digest: dict[str, Any] = dataclasses.field(default_factory=lambda: code_digest().to_dict())
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     start_epoch: int = 0
     embeddings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # validation rows
@@ -237,7 +257,7 @@ class FoldRun:
             dataset_for(self.cfg, self.model, rows),
             self.cfg.eval_batch_size,
             block,
-            num_workers=self.cfg.num_workers,
+            num_workers=loader_workers(self.cfg, self.dist.local_world),
             pin_memory=self.runtime.pin_memory,
         )
         log = self.log
@@ -256,9 +276,13 @@ def train_fold(
     resume: bool = False,
     overwrite: bool = False,
     code_dir: Path | None = None,
+    slim_weights: bool = False,
 ) -> dict[str, Any]:
     """Train ``exp`` on ``fold`` (or on every row: ``full``) and return its summary (the last line
-    the runner prints). Phases: prepare (data, model, work folder), resume, epochs, embed, write."""
+    the runner prints). Phases: prepare (data, model, work folder), resume, epochs, embed, write.
+
+    ``slim_weights``: the finished fold keeps inference weights (float16, no margin heads: what a
+    kernel ships, a third of the bytes) instead of float32 with its heads (Kaggle's 20 GB disk)."""
     started = time.perf_counter()
     final = fold_dir(output, exp, fold)
     if is_finished(final) and not overwrite:
@@ -297,7 +321,8 @@ def train_fold(
     if run.dist.is_main:  # rank 0 writes the outputs; the others wait for them, then leave
         meta = _fold_meta(run, data_dir, commit)
         metrics = {"exp": exp, "fold": fold, "summary": summary, "epochs": run.history, "best_epoch": best}
-        _write_outputs(run, final, meta, {**metrics, "dense_seconds": dense_seconds}, embeddings, dense)
+        metrics = {**metrics, "dense_seconds": dense_seconds}
+        _write_outputs(run, final, meta, metrics, embeddings, dense, slim_weights)
     run.dist.barrier()
     run.dist.close()
     if run.dist.is_main:
@@ -331,6 +356,18 @@ def _done_line(run: FoldRun, summary: dict[str, Any], best: int) -> str:
     )
 
 
+def check_rows_per_process(cfg: Config, dist: Dist) -> None:
+    """The global batch splits over the processes, each keeping two rows at least: the neck's
+    BatchNorm cannot train on one ("Expected more than 1 value per channel" at step 1)."""
+    per_process = dist.per_process(cfg.batch_size, pairs=cfg.head == "neg_sampling")
+    if per_process < 2:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} over {dist.world} processes leaves one row a process, and "
+            f"the neck's BatchNorm (neck {cfg.neck!r}) cannot train on one row: use batch_size "
+            f">= {2 * dist.world} or fewer processes"
+        )
+
+
 def _prepare(
     cfg: Config, exp: str, fold: Fold, data_dir: Path, output: Path, *, debug: bool, resume: bool
 ) -> FoldRun:
@@ -338,7 +375,7 @@ def _prepare(
     cfg = effective_config(cfg.validate(), debug)
     dist = Dist.from_env()
     if dist.enabled:
-        dist.per_process(cfg.batch_size, pairs=cfg.head == "neg_sampling")  # an error, early
+        check_rows_per_process(cfg, dist)  # an error, early
         if not dist.is_main:
             os.environ["TQDM_DISABLE"] = "1"  # one progress bar: rank 0's
     stages = stages_of(cfg)
@@ -348,7 +385,7 @@ def _prepare(
     if fold == FULL_FOLD and not debug:
         epochs, epochs_from = full_data_epochs(cfg, output, exp)
     data = load_fold_data(cfg, data_dir, fold, debug)
-    work, checkpoint = _work_folder(cfg, output, exp, fold, debug, resume, dist)
+    work, checkpoint, started_over = _work_folder(cfg, output, exp, fold, debug, resume, dist)
     log = Logger(work / "train.log", enabled=dist.is_main)
 
     runtime = Runtime.for_config(cfg, dist.device())
@@ -359,7 +396,7 @@ def _prepare(
     model = runtime.prepare(model)
     if dist.enabled and cfg.sync_bn:
         if runtime.on_cuda:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model)
         else:
             log("sync_bn: SyncBatchNorm needs GPUs; on CPU each process keeps its own batch statistics")
     optimizer = build_optimizer(model, cfg)
@@ -383,34 +420,71 @@ def _prepare(
         epochs=epochs,
         epochs_from=epochs_from,
         checkpoint=checkpoint,
+        started_over=started_over,
     )
+
+
+STARTED_OVER = "started over:"  # how train.log says a resume could not continue (and why)
+
+
+def _cannot_continue(checkpoint: dict[str, Any], cfg: Config, debug: bool) -> str:
+    """Why a checkpoint cannot be resumed by this run ("" when it can): a restored ``.partial`` of
+    another config (other ``--set``, a ``--debug`` run) is no start for this one."""
+    try:
+        made_with = Config.from_dict(checkpoint["config"]).identity()
+    except (KeyError, ShopeeError) as exc:
+        return f"its config cannot be read ({exc})"
+    if checkpoint.get("debug") != debug:
+        return f"it was made by a {'debug' if checkpoint.get('debug') else 'full'} run"
+    if made_with != cfg.identity():
+        difference = config_difference(cfg.identity(), made_with, where="the checkpoint")
+        return f"it was made with another config ({difference})"
+    return ""
 
 
 def _work_folder(
     cfg: Config, output: Path, exp: str, fold: Fold, debug: bool, resume: bool, dist: Dist
-) -> tuple[Path, dict[str, Any] | None]:
-    """The fold's ``.partial`` folder, ready (emptied unless resuming), and the checkpoint to
-    resume from, if any."""
+) -> tuple[Path, dict[str, Any] | None, str]:
+    """The fold's ``.partial`` folder, ready (emptied unless resuming), the checkpoint to resume
+    from, if any, and why a resume starts over instead ("" when it does not)."""
     work = partial_dir(output, exp, fold)
     checkpoint_path = work / "last.pt"
-    checkpoint = None
+    checkpoint, started_over = None, ""
     if resume and checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if checkpoint["config"] != cfg.to_dict() or checkpoint["debug"] != debug:
-            raise ShopeeError(f"{checkpoint_path}: made with a different config; drop --resume to start over")
-        if checkpoint.get("world", 1) != dist.world:
+        why = _cannot_continue(checkpoint, cfg, debug)
+        if why:
+            checkpoint, started_over = None, f"{STARTED_OVER} {checkpoint_path} cannot be resumed: {why}"
+            print(started_over, flush=True)
+        elif checkpoint.get("world", 1) != dist.world:
             made_by = checkpoint.get("world", 1)
             print(f"note: {checkpoint_path} was made by {made_by} process(es), resumed by {dist.world}")
-    elif work.exists() and dist.is_main:
-        if resume:
-            print(f"{work}: no checkpoint to resume from; starting over", flush=True)
+    elif resume and work.exists():
+        started_over = f"{STARTED_OVER} {work} holds no checkpoint to resume from"
+        print(started_over, flush=True)
+    if checkpoint is None and work.exists() and dist.is_main:
         shutil.rmtree(work)
     if dist.is_main:
         work.mkdir(parents=True, exist_ok=True)
     dist.barrier()  # the work folder is ready before any rank goes on
     if dist.enabled:
         _stop_on_sigterm(dist, work)
-    return work, checkpoint
+    return work, checkpoint, started_over
+
+
+def _load_scaler(run: FoldRun, checkpoint: dict[str, Any]) -> None:
+    """The GradScaler's state, when both runs scale: a checkpoint made without one (CPU, bf16 on an
+    A100/H100, ``amp=off``) holds an empty state, which an enabled scaler refuses to load; it then
+    starts from its initial scale, which it adapts within a few steps."""
+    state = checkpoint["scaler"]
+    made_in = checkpoint.get("precision", "an unrecorded precision")
+    if run.scaler.is_enabled() and not state:
+        run.log(
+            f"the checkpoint was made in {made_in} without a GradScaler; {run.runtime.precision} starts "
+            "one at its initial scale"
+        )
+        return
+    run.scaler.load_state_dict(state)
 
 
 def _resume_or_introduce(run: FoldRun) -> None:
@@ -420,11 +494,14 @@ def _resume_or_introduce(run: FoldRun) -> None:
     if checkpoint is not None:
         run.model.load_state_dict(checkpoint["model"])
         run.optimizer.load_state_dict(checkpoint["optimizer"])
-        run.scaler.load_state_dict(checkpoint["scaler"])
+        _load_scaler(run, checkpoint)
         run.history = checkpoint["history"]
         run.start_epoch = checkpoint["epoch"]
         log(f"resuming {run.exp} {run.said} after epoch {run.start_epoch}/{run.epochs}")
+        _repair_best(run)
         return
+    if run.started_over:
+        log(run.started_over)
     data, cfg = run.data, run.cfg
     image_source = run.model.image.weights_source if run.model.image else "-"
     text_source = run.model.text.source if run.model.text else "-"
@@ -536,13 +613,42 @@ def _one_epoch(
             raise ShopeeError(f"after epoch {e + 1} the processes hold different weights: DDP did not sync")
         log(f"weights identical on the {dist.world} processes (checksum {checksum:.6f})")
     if dist.is_main:
-        if cfg.early_stopping_patience and best_epoch(run.history) == e + 1:
-            with atomic_path(run.best_path) as tmp:
-                torch.save(run.model.state_dict(), tmp)
-        _save_checkpoint(run, scheduler, e + 1)
-        metrics = {"exp": run.exp, "fold": run.fold, "finished": False, "epochs": run.history}
-        write_json(run.work / "metrics.json", metrics)
+        _save_epoch(run, scheduler, e + 1)
     dist.barrier()
+
+
+def _save_epoch(run: FoldRun, scheduler, epoch: int) -> None:
+    """The epoch's writes, in an order a kill between any two of them cannot make inconsistent:
+    the checkpoint first (weights, history: what a resume continues from), then, at a new best
+    epoch, its weights tagged with the epoch (a resume that finds its checkpoint's epoch best but
+    ``best.pt`` older writes it again, ``_repair_best``), then the partial metrics (a report only)."""
+    _save_checkpoint(run, scheduler, epoch)
+    if run.cfg.early_stopping_patience and best_epoch(run.history) == epoch:
+        _save_best(run, epoch)
+    metrics = {"exp": run.exp, "fold": run.fold, "finished": False, "epochs": run.history}
+    write_json(run.work / "metrics.json", metrics)
+
+
+def _save_best(run: FoldRun, epoch: int) -> None:
+    with atomic_path(run.best_path) as tmp:
+        torch.save({"epoch": epoch, "model": run.model.state_dict()}, tmp)
+
+
+def _best_saved_epoch(path: Path) -> int | None:
+    """The epoch ``best.pt`` holds (memory-mapped: its weights are not read), None without one."""
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+
+
+def _repair_best(run: FoldRun) -> None:
+    """After a resume: when the checkpoint's epoch is the best one and ``best.pt`` does not hold it
+    (the run was killed between the two writes), its weights are the ones just loaded."""
+    epoch = run.start_epoch
+    watched = run.cfg.early_stopping_patience and run.dist.is_main
+    if watched and best_epoch(run.history) == epoch and _best_saved_epoch(run.best_path) != epoch:
+        _save_best(run, epoch)
+        run.log(f"best.pt did not hold epoch {epoch}, the best so far: written again from the checkpoint")
 
 
 def best_epoch(history: list[dict[str, Any]]) -> int:
@@ -574,7 +680,10 @@ def _restore_best(run: FoldRun) -> int:
     best = best_epoch(run.history)
     if not run.cfg.early_stopping_patience or best == len(run.history):
         return len(run.history)
-    run.model.load_state_dict(torch.load(run.best_path, map_location=run.runtime.device, weights_only=True))
+    saved = torch.load(run.best_path, map_location=run.runtime.device, weights_only=True)
+    if saved.get("epoch") != best:
+        raise ShopeeError(f"{run.best_path} holds epoch {saved.get('epoch')}, not the best epoch {best}")
+    run.model.load_state_dict(saved["model"])
     run.embeddings = {}  # they were the last epoch's
     run.log(
         f"early stopping: keeping the weights of epoch {best} (CV F1 {run.history[best - 1]['cv_f1']:.4f})"
@@ -600,6 +709,7 @@ def _final_embeddings(
 
 
 def _fold_meta(run: FoldRun, data_dir: Path, commit: str) -> dict[str, Any]:
+
     model = run.model
     return {
         "exp": run.exp,
@@ -615,6 +725,7 @@ def _fold_meta(run: FoldRun, data_dir: Path, commit: str) -> dict[str, Any]:
         "image_weights": model.image.weights_source if model.image else None,
         "text_source": model.text.source if model.text else None,
         "versions": _versions(),
+        "code_digest": run.code_digest,
         "config": run.cfg.to_dict(),
     }
 
@@ -626,11 +737,16 @@ def _write_outputs(
     metrics: dict[str, Any],
     embeddings: dict[str, np.ndarray],
     dense: dict[str, np.ndarray] | None,
+    slim_weights: bool = False,
 ) -> None:
     """The write phase (rank 0): weights, config, arrays and metrics into the ``.partial`` folder,
     which then becomes the fold's folder."""
-    with atomic_path(run.work / MODEL_FILE) as tmp:
-        safetensors.torch.save_model(run.model, str(tmp))
+    if slim_weights:
+        buffers = {name for name, _ in run.model.named_buffers()}
+        save_inference_weights(run.model.state_dict(), run.work / MODEL_FILE, "fp16", buffers)
+    else:
+        with atomic_path(run.work / MODEL_FILE) as tmp:
+            safetensors.torch.save_model(run.model, str(tmp))
     if run.full:
         write_full(run.work, meta=meta, metrics=metrics, kinds=embedding_kinds(run.cfg))
     else:
@@ -663,7 +779,7 @@ def full_data_epochs(cfg: Config, output: Path, exp: str) -> tuple[int, str]:
     folds, _ = finished_folds(output, exp) if (Path(output) / exp).is_dir() else ([], [])
     for fold in folds:
         record = FoldRecord.open(fold_dir(output, exp, fold))
-        same = {**record.config.to_dict(), "full_epochs": cfg.full_epochs} == cfg.to_dict()
+        same = {**record.config.identity(), "full_epochs": cfg.full_epochs} == cfg.identity()
         if same and not record.debug:
             best[fold] = int(record.metrics.get("best_epoch") or len(record.metrics["epochs"]))
     if not best:
@@ -708,7 +824,7 @@ def zero_shot(
     torch.manual_seed(cfg.seed)
     model = runtime.prepare(ShopeeModel(cfg, max(data.n_classes, 1)))
     loader = make_loader(
-        dataset_for(cfg, model, data.valid), cfg.eval_batch_size, num_workers=cfg.num_workers
+        dataset_for(cfg, model, data.valid), cfg.eval_batch_size, num_workers=loader_workers(cfg)
     )
     embeddings = embed_many([model], loader, runtime, desc="zero-shot")[0]
     labels = data.valid["label_group"].to_numpy()
@@ -753,11 +869,19 @@ def _steps_per_epoch(n_rows: int, cfg: Config, debug: bool) -> int:
     return math.ceil(batches / cfg.accum_steps)
 
 
+HOST_SYNC_EVERY = 20  # steps between two reads of the losses on the host (a CUDA synchronisation)
+
+
 @dataclass
 class Stepper:
     """One optimisation step: forward, backward, and (every ``accum_steps``) the update. In a
-    distributed run the forward goes through DistributedDataParallel (``wrap``, once per stage)
-    and the loss returned is the mean over processes: the global batch's loss."""
+    distributed run the forward goes through DistributedDataParallel (``wrap``, once per stage),
+    whose gradients are all-reduced only on the backward before an update (``no_sync`` while
+    accumulating: DDP would otherwise all-reduce after every backward).
+
+    A step returns its loss as a tensor on the device and reads nothing back to the host, so that
+    the GPU runs ahead of Python; ``_train_epoch`` checks the losses every ``HOST_SYNC_EVERY`` steps
+    and averages them over processes once per epoch."""
 
     model: ShopeeModel
     optimizer: torch.optim.Optimizer
@@ -776,17 +900,17 @@ class Stepper:
             # unused: e.g. a text model's pooler, computed but not trained on
             self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
 
-    def __call__(self, batch: dict[str, torch.Tensor], update: bool, where: str = "") -> float:
+    def __call__(self, batch: dict[str, torch.Tensor], update: bool) -> torch.Tensor:
         batch = self.runtime.to_device(batch)
         forward = self.ddp if self.ddp is not None else self.model
-        with self.runtime.autocast():
-            if self.clusters is None:
-                loss = forward(batch)["loss"]
-            else:
-                loss = self.clusters.loss(forward, batch, self.model.kinds)
-        if not torch.isfinite(loss):
-            raise ShopeeError(f"loss is {loss.item()} {where}: lower the learning rates")
-        self.scaler.scale(loss / self.cfg.accum_steps).backward()
+        accumulating = self.ddp is not None and not update
+        with self.ddp.no_sync() if accumulating else contextlib.nullcontext():  # type: ignore[union-attr]
+            with self.runtime.autocast():
+                if self.clusters is None:
+                    loss = forward(batch)["loss"]
+                else:
+                    loss = self.clusters.loss(forward, batch, self.model.kinds)
+            self.scaler.scale(loss / self.cfg.accum_steps).backward()
         if update:
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
@@ -795,7 +919,17 @@ class Stepper:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
-        return self.dist.mean(loss.item())
+        return loss.detach()
+
+
+def check_losses(losses: list[torch.Tensor], first_step: int, epoch: int) -> list[float]:
+    """The steps' losses on the host (one synchronisation); a loss that is not finite stops the run
+    with the step it happened at."""
+    values = torch.stack(losses).float().cpu().tolist() if losses else []
+    for step, value in enumerate(values, start=first_step):
+        if not math.isfinite(value):
+            raise ShopeeError(f"loss is {value} at epoch {epoch + 1} step {step}: lower the learning rates")
+    return values
 
 
 def _train_epoch(
@@ -823,23 +957,29 @@ def _train_epoch(
         dataset,
         dist.per_process(cfg.batch_size),
         indices,
-        num_workers=cfg.num_workers,
+        num_workers=loader_workers(cfg, dist.local_world),
         seed=draws,
         drop_last=True,
         pin_memory=stepper.runtime.pin_memory,
     )
     model.train()
     freeze_batchnorm_stats(model)
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
+    checked: list[float] = []  # this process's losses read so far
     progress = Progress(loader, f"epoch {epoch + 1}", unit="batches", log=log, log_with_bar=log.file)
     stepper.optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(progress):
         update = (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader)
-        losses.append(stepper(batch, update, where=f"at epoch {epoch + 1} step {step + 1}"))
+        losses.append(stepper(batch, update))
         if update:
             scheduler.step()
-        progress.set_postfix(f"loss {np.mean(losses):.4f}")
-    return float(np.mean(losses)) if losses else 0.0, losses
+        if (step + 1) % HOST_SYNC_EVERY == 0 or step + 1 == len(loader):
+            checked += check_losses(losses[len(checked) :], len(checked) + 1, epoch)
+            progress.set_postfix(f"loss {np.mean(checked):.4f}")
+    if not losses:
+        return 0.0, []
+    step_losses = dist.mean(torch.stack(losses)).tolist()  # the global batch's, one collective
+    return float(np.mean(step_losses)), step_losses
 
 
 def _save_checkpoint(run: FoldRun, scheduler, epoch: int) -> None:
@@ -850,6 +990,7 @@ def _save_checkpoint(run: FoldRun, scheduler, epoch: int) -> None:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
+        "precision": run.runtime.precision,
         "history": run.history,
         "config": run.cfg.to_dict(),
         "debug": run.debug,

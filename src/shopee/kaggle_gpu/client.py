@@ -128,13 +128,15 @@ def push_kernel(api: KaggleApi, folder: Path) -> Pushed:
         "models": response.invalid_model_sources,
     }
     dropped = {kind: list(names) for kind, names in dropped.items() if names}
-    if dropped:  # the version exists, but would run without them: say so rather than let it fail later
+    url = response.url or f"https://www.kaggle.com/code/{ref}"
+    if dropped:  # the version exists and is queued without them: say so, and to stop it
         raise ShopeeError(
             f"{ref}: pushed as version {response.version_number}, but Kaggle did not attach "
             + "; ".join(f"{kind} {', '.join(names)}" for kind, names in dropped.items())
-            + " (check the names, and that a dataset just pushed is ready: kaggle datasets status)"
+            + f": cancel that version at {url} (it runs without them, spending GPU hours), then check "
+            "the names, and that a dataset just pushed is ready (kaggle datasets status)"
         )
-    return Pushed(ref, response.url or f"https://www.kaggle.com/code/{ref}", response.version_number)
+    return Pushed(ref, url, response.version_number)
 
 
 def dataset_exists(api: KaggleApi, ref: str) -> bool:
@@ -227,15 +229,45 @@ def log_tail(api: KaggleApi, kernel: str, lines: int = 20) -> list[str]:
     return [line for line in log_lines(text or "") if line.strip()][-lines:] if lines > 0 else []
 
 
-def download_output(api: KaggleApi, kernel: str, folder: Path) -> list[Path]:
+def download_output(api: KaggleApi, kernel: str, folder: Path, file_pattern: str | None = None) -> list[Path]:
     """``kaggle kernels output owner/slug[/version] -p folder``: every page of the version's output
-    files (the client follows the pages since 2.2.2), laid out as under ``/kaggle/working``."""
+    files (the client follows the pages since 2.2.2), laid out as under ``/kaggle/working``;
+    ``file_pattern`` (a regular expression) downloads only the files it matches."""
     folder.mkdir(parents=True, exist_ok=True)
     files, _ = call(
         f"kaggle kernels output {kernel}",
-        lambda: api.kernels_output(kernel, str(folder), force=True, quiet=True),
+        lambda: api.kernels_output(kernel, str(folder), file_pattern=file_pattern, force=True, quiet=True),
     )
     return [Path(f) for f in files]
+
+
+def output_names(api: KaggleApi, kernel: str, stop: Callable[[str], bool] = lambda name: False) -> list[str]:
+    """The names of the latest version's output files (``output/exp003/fold0/config.json`` ...),
+    page by page as ``kaggle kernels output`` lists them, without downloading any: a training run's
+    output holds gigabytes of weights. Stops at the first name ``stop`` accepts."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+    owner, slug = kernel.split("/")[:2]
+    names: list[str] = []
+    token = ""
+    while True:
+        request = ApiListKernelSessionOutputRequest()
+        request.user_name, request.kernel_slug, request.page_size = owner, slug, 20  # the CLI's page
+        if token:
+            request.page_token = token
+
+        def page(request=request):
+            with api.build_kaggle_client() as kaggle:
+                return kaggle.kernels.kernels_api_client.list_kernel_session_output(request)
+
+        response = call(f"kaggle kernels output {kernel} (the listing)", page)
+        for item in response.files or []:
+            names.append(item.file_name)
+            if stop(item.file_name):
+                return names
+        token = response.next_page_token
+        if not token:
+            return names
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """``python -m shopee kaggle train|status|pull|submit``: Kaggle's GPUs from the command line.
 
-``train`` builds the training kernel (``training.build_training_kernel``), checks the weekly GPU
-quota, pushes its code dataset and then the notebook; ``status`` says how a version is doing and
-shows the end of its log; ``pull`` downloads a version's output and installs its verified folds
-(``pull.pull``; ``--from DIR`` takes a folder downloaded before, with no call to Kaggle); ``submit``
-builds the inference kernel (``shopee.kernel.build_kernel``), pushes it and, once a version has
-run, submits it to the competition. Every call to Kaggle goes through the Kaggle CLI's own client
-(``client``); each command ends with one JSON line.
+``train`` checks the kernel it resumes from (``check_resume_source``), builds the training kernel
+(``training.build_training_kernel``), checks the weekly GPU quota, pushes its code dataset and then
+the notebook; ``status`` says how a version is doing and shows the end of its log; ``pull``
+downloads a version's output and installs its verified folds (``pull.pull``; ``--from DIR`` takes a
+folder downloaded before, with no call to Kaggle); ``submit`` builds the inference kernel
+(``shopee.kernel.build_kernel``, with ``build-kernel``'s own options), pushes it and, once a version
+has run, submits it to the competition. Every call to Kaggle goes through the Kaggle CLI's own
+client (``client``); each command ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -87,18 +88,79 @@ def _check_quota(api, hours: float, debug: bool, ignore: bool) -> client.Quota |
     return quota
 
 
+def _resume_source_output(api, source: str, exp: str) -> str:
+    """What the latest version of ``source`` left for ``exp`` to continue from: its
+    ``output/<exp>/`` or at least a run record of ``exp`` ("" when neither). Listed, not downloaded
+    (a training run's output holds gigabytes of weights); only a run record is fetched, to read it."""
+    from shopee.kaggle_gpu.pull import RunRecord
+    from shopee.kaggle_gpu.training import RUN_RECORD
+
+    prefix = f"output/{exp}/"
+    names = client.output_names(api, source, stop=lambda name: name.startswith(prefix))
+    if any(name.startswith(prefix) for name in names):
+        return prefix
+    if f"output/{RUN_RECORD}" not in names:
+        return ""
+    with tempfile.TemporaryDirectory(prefix="shopee-run-record-") as folder:
+        pattern = "^output/" + re.escape(RUN_RECORD) + "$"
+        client.download_output(api, source, Path(folder), file_pattern=pattern)
+        record = RunRecord.read(Path(folder) / "output" / RUN_RECORD)
+    return f"output/{RUN_RECORD}" if record.exp == exp else ""
+
+
+def check_resume_source(api, source: str, exp: str) -> None:
+    """``--resume-from`` checked through the client before anything is pushed: Kaggle drops a
+    kernel source it cannot attach only once the new version is queued, and that version then
+    retrains every fold from scratch for up to a session. The source must exist, its latest version
+    must have completed, and its output must hold this experiment's."""
+    what = f"--resume-from {source}"
+    try:
+        status = client.kernel_status(api, source)
+    except client.NotOnKaggle:
+        raise ShopeeError(
+            f"{what}: no such kernel on Kaggle (or not visible to these credentials); check the name "
+            "(kaggle kernels list --mine)"
+        ) from None
+    if status.running:
+        raise ShopeeError(
+            f"{what}: its latest version is still {status.status}, and Kaggle attaches a version that "
+            f"has finished: wait until python -m shopee kaggle status {source} says complete"
+        )
+    if status.status != "complete":
+        failure = f" ({status.failure})" if status.failure else ""
+        raise ShopeeError(
+            f"{what}: its latest version ended {status.status}{failure}, and Kaggle attaches a completed "
+            f"version's output: bring its finished folds home (python -m shopee kaggle pull {source} "
+            "--data DIR) and train the others without --resume-from"
+        )
+    if not _resume_source_output(api, source, exp):
+        raise ShopeeError(
+            f"{what}: its latest version's output holds no output/{exp}/ and no run record of {exp}: "
+            f"nothing of {exp} to continue from (another experiment's kernel?); drop --resume-from or "
+            "name the kernel that trained it"
+        )
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from shopee.data import find_data_dir
-    from shopee.kaggle_gpu.training import SESSION_HOURS, build_training_kernel
-    from shopee.launch import parse_folds
+    from shopee.kaggle_gpu.training import (
+        SESSION_HOURS,
+        build_training_kernel,
+        check_resume_from,
+        parse_training_folds,
+        training_slug,
+    )
     from shopee.runner import load_experiment
 
     name, cfg = load_experiment(args.exp, args.set)
-    folds = parse_folds(args.folds, cfg.n_folds)
+    folds, full = parse_training_folds(args.folds, cfg.n_folds)
     api, user = None, args.user
     if not args.no_push:  # credentials first: the build takes a while
         api = client.kaggle_api()
         user = user or client.username(api)
+        if args.resume_from:  # before anything is built or pushed
+            check_resume_from(args.resume_from, f"{user}/{training_slug(name, args.slug)}")
+            check_resume_source(api, args.resume_from, name)
     kernel = build_training_kernel(
         args.exp,
         folds,
@@ -110,10 +172,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
         debug=args.debug,
         overwrite=args.overwrite,
         data_dir=find_data_dir(args.data),
+        full=full,
     )
+    what = f"folds {kernel.folds}" if kernel.folds else "no fold"
     print(
-        f"notebook {kernel.notebook_dir} ({kernel.kernel_id}: GPU T4 x2, internet on, {name} folds "
-        f"{kernel.folds}{' debug' if args.debug else ''}, "
+        f"notebook {kernel.notebook_dir} ({kernel.kernel_id}: GPU T4 x2, internet on, {name} {what}"
+        f"{' and the full-data run' if kernel.full else ''}{' debug' if args.debug else ''}, "
         f"about {kernel.estimate_hours:.1f} h on the real data)"
     )
     print(f"dataset  {kernel.dataset_dir} ({kernel.dataset_id}: the package and exp/{name}.py)")
@@ -129,6 +193,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         "dataset_dir": str(kernel.dataset_dir),
         "exp": name,
         "folds": kernel.folds,
+        "full": kernel.full,
         "estimate_hours": round(kernel.estimate_hours, 2),
         "pushed": False,
     }
@@ -138,9 +203,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         _print_json(result)
         return
     quota = _check_quota(api, kernel.estimate_hours, args.debug, args.ignore_quota)
-    notes = f"{name} folds {','.join(map(str, kernel.folds))}" + (
-        f" --set {' '.join(args.set)}" if args.set else ""
-    )
+    requested = [*map(str, kernel.folds), *(["full"] if kernel.full else [])]
+    notes = f"{name} folds {','.join(requested)}" + (f" --set {' '.join(args.set)}" if args.set else "")
     _, pushed = _push(api, kernel.notebook_dir, kernel.dataset_dir, notes)
     print(f"follow it: python -m shopee kaggle status {pushed.ref}")
     print(f"when it is complete: python -m shopee kaggle pull {pushed.ref} --data DIR")
@@ -208,23 +272,27 @@ def _download_and_pull(kernel: str, output: Path, data_dir: Path, args: argparse
     with tempfile.TemporaryDirectory(dir=output, prefix=".kaggle-pull-") as folder:
         files = client.download_output(api, kernel, Path(folder))
         print(f"downloaded {len(files)} files of {kernel}'s output")
-        return pull(Path(folder), output, data_dir, Path(args.exp_dir), overwrite=args.overwrite)
+        return pull(
+            Path(folder),
+            output,
+            data_dir,
+            Path(args.exp_dir),
+            overwrite=args.overwrite,
+            allow_code_change=args.allow_code_change,
+        )
 
 
-def next_slug(slug: str) -> str:
-    """``exp003-train`` -> ``exp003-train-2`` -> ``exp003-train-3``: a continuation's kernel."""
-    stem, _, number = slug.rpartition("-")
-    return f"{stem}-{int(number) + 1}" if stem and number.isdigit() else f"{slug}-2"
+def _continue_hint(summary: dict[str, Any], kernel: str, data_dir: Path) -> str:
+    """The command that trains the missing folds on Kaggle, on the same data and fold split."""
+    from shopee.kaggle_gpu.training import next_slug
 
-
-def _continue_hint(summary: dict[str, Any], kernel: str) -> str:
     folds = ",".join(summary["missing"])
     sets = "".join(f" --set {s}" for s in summary["overrides"])
     debug = " --debug" if summary["debug"] else ""
     base = _base(kernel)
     return (
         f"continue the missing folds: python -m shopee kaggle train {summary['exp']} "
-        f"--folds {folds}{sets}{debug} "
+        f"--folds {folds}{sets}{debug} --data {data_dir} "
         f"--resume-from {base} --slug {next_slug(base.split('/')[1])}"
     )
 
@@ -232,21 +300,31 @@ def _continue_hint(summary: dict[str, Any], kernel: str) -> str:
 def _cmd_pull(args: argparse.Namespace) -> None:
     from shopee.data import find_data_dir
     from shopee.kaggle_gpu.pull import describe, pull
+    from shopee.outputs import fold_name
 
     kernel = kernel_ref(args.kernel, args.version)
     data_dir = find_data_dir(args.data)
     output = Path(args.output)
     if args.from_dir:
-        summary = pull(Path(args.from_dir), output, data_dir, Path(args.exp_dir), overwrite=args.overwrite)
+        summary = pull(
+            Path(args.from_dir),
+            output,
+            data_dir,
+            Path(args.exp_dir),
+            overwrite=args.overwrite,
+            allow_code_change=args.allow_code_change,
+        )
     else:
         summary = _download_and_pull(kernel, output, data_dir, args)
     for line in describe(summary):
         print(line)
     if summary["missing"]:
-        print(_continue_hint(summary, kernel))
+        print(_continue_hint(summary, kernel, data_dir))
     _print_json({"kernel": kernel, **summary})
-    problems = [f"fold{f} refused ({why})" for f, why in summary["refused"].items()]
-    problems += [f"fold{f} kept (the local fold differs; --overwrite replaces it)" for f in summary["kept"]]
+    problems = [f"{fold_name(f)} refused ({why})" for f, why in summary["refused"].items()]
+    problems += [
+        f"{fold_name(f)} kept (the local fold differs; --overwrite replaces it)" for f in summary["kept"]
+    ]
     if problems:
         raise ShopeeError(f"{summary['exp']}: " + "; ".join(problems))
 
@@ -280,11 +358,16 @@ def _submit_version(args: argparse.Namespace, message: str) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> None:
+    from shopee.cli_args import kernel_options
+    from shopee.constants import FULL_FOLD
     from shopee.ensemble_file import read_ensemble
     from shopee.kernel import build_kernel
 
     ensemble = read_ensemble(args.ensemble)
-    message = args.message or f"{ensemble['name']} (CV F1 {float(ensemble['cv_f1']):.4f})"
+    cv = f"CV F1 {float(ensemble['cv_f1']):.4f}"
+    if args.models == FULL_FOLD:  # no CV scores full-data models: the figure is their folds'
+        cv = f"full-data models; the fold models' {cv}"
+    message = args.message or f"{ensemble['name']} ({cv})"
     if args.version is not None:
         _submit_version(args, message)
         return
@@ -292,19 +375,13 @@ def _cmd_submit(args: argparse.Namespace) -> None:
     if not args.no_push:
         api = client.kaggle_api()
         user = user or client.username(api)
-    kernel = build_kernel(
-        Path(args.ensemble),
-        args.name,
-        user=user,
-        out=Path(args.out),
-        output=Path(args.output) if args.output else None,
-        overwrite=args.overwrite,
-    )
+    kernel = build_kernel(Path(args.ensemble), args.name, **{**kernel_options(args), "user": user})
     kernel_id = kernel.manifest["kernel"]
-    print(f"notebook {kernel.notebook_dir} ({kernel_id}: offline, GPU T4 x2)")
+    models = "full-data models" if args.models == FULL_FOLD else "fold models"
+    print(f"notebook {kernel.notebook_dir} ({kernel_id}: offline, accelerator {args.accelerator})")
     print(
         f"dataset  {kernel.dataset_dir} ({kernel.manifest['dataset']}: "
-        f"{len(kernel.manifest['folds'])} fold models)"
+        f"{len(kernel.manifest['folds'])} {models})"
     )
     result: dict[str, Any] = {
         "kernel": kernel_id,
@@ -331,7 +408,7 @@ def _cmd_submit(args: argparse.Namespace) -> None:
 # the parser
 # ------------------------------------------------------------------------------------------------
 def add_kaggle_parser(sub: argparse._SubParsersAction) -> None:
-    from shopee.cli_args import DATA_HELP, add_set, positive_int
+    from shopee.cli_args import DATA_HELP, add_allow_code_change, add_kernel_options, add_set, positive_int
 
     group = sub.add_parser(
         "kaggle",
@@ -342,7 +419,12 @@ def add_kaggle_parser(sub: argparse._SubParsersAction) -> None:
 
     train = actions.add_parser("train", help="push a kernel that trains an experiment's folds on GPU T4 x2")
     train.add_argument("exp", help="experiment name or file (exp055)")
-    train.add_argument("--folds", default="all", help="0-4, 0,2 or all [%(default)s]")
+    train.add_argument(
+        "--folds",
+        default="all",
+        help="0-4, 0,2 or all, and full for a full-data run after them (all,full or full alone) "
+        "[%(default)s]",
+    )
     add_set(train)
     train.add_argument("--user", default=None, help=user_help)
     train.add_argument("--out", default="kernels", help="where the two folders go [%(default)s]")
@@ -380,6 +462,7 @@ def add_kaggle_parser(sub: argparse._SubParsersAction) -> None:
     pull.add_argument("--output", default="output", help="output root the folds go into [%(default)s]")
     pull.add_argument("--exp-dir", default="exp", help="where the experiment files are [%(default)s]")
     pull.add_argument("--overwrite", action="store_true", help="replace local folds that differ")
+    add_allow_code_change(pull)
     pull.add_argument(
         "--from",
         dest="from_dir",
@@ -395,13 +478,8 @@ def add_kaggle_parser(sub: argparse._SubParsersAction) -> None:
     )
     submit.add_argument("ensemble", help="OUTPUT/ensembles/NAME.json")
     submit.add_argument("--name", required=True, help="kernel slug (kernels/NAME and kernels/NAME-dataset)")
-    submit.add_argument("--user", default=None, help=user_help)
+    add_kernel_options(submit)  # build-kernel's own, --user defaulting to the credentials' user
     submit.add_argument("--message", default=None, help="submission description [ensemble name and CV F1]")
-    submit.add_argument("--out", default="kernels", help="where the two folders go [%(default)s]")
-    submit.add_argument(
-        "--output", default=None, help="experiments' output root [the folder above ensembles/]"
-    )
-    submit.add_argument("--overwrite", action="store_true", help="replace folders holding another kernel")
     submit.add_argument(
         "--no-push", action="store_true", help="build the folders only and say how to push them"
     )

@@ -2,12 +2,14 @@
 
 ``pull`` reads a version's output as ``kaggle kernels output`` lays it out (``output/<exp>/fold<k>/``,
 ``output/<exp>/fold<k>.partial/``, ``output/shopee-train-run.json``, other files) and installs each
-requested fold that is finished into ``<output>/<exp>/fold<k>/``, only once it is shown to be what
-local training of the same experiment would have written: every output there (``is_finished``),
-no half-written file, the config equal to the local experiment file's with the run's ``--set``
-overrides, and the data fingerprint equal to the local ``train.csv``'s. A fold that fails a check
-is refused with one line naming the difference; nothing is half-installed (each fold is copied
-beside its target, checked, then renamed into place).
+requested fold that is finished into ``<output>/<exp>/fold<k>/`` (a full-data run into
+``<output>/<exp>/full/``, checked the same way), only once it is shown to be what local training of
+the same experiment would have written: every output there (``is_finished``), no half-written file,
+the config equal to the local experiment file's with the run's ``--set`` overrides, the data
+fingerprint equal to the local ``train.csv``'s, and the code that shaped its embeddings this
+checkout's (``shopee.codedigest``; ``allow_code_change`` lets a difference through). A fold that
+fails a check is refused with one line naming the difference; nothing is half-installed (each
+fold is copied beside its target, checked, then renamed into place).
 
 A second pull of the same output changes nothing: folds are compared file by file (size and
 sha256). A local fold that differs from the download is kept unless ``overwrite``.
@@ -21,12 +23,17 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shopee.atomic import atomic_dir
+from shopee.config import config_difference
+from shopee.constants import FULL_FOLD
 from shopee.errors import ShopeeError
 from shopee.folds import DataFingerprint
 from shopee.kaggle_gpu.training import RUN_RECORD
+
+if TYPE_CHECKING:
+    from shopee.outputs import Fold
 
 LEFTOVERS = ("*.tmp", "*.kaggle-partial")  # an atomic write or a download that did not complete
 _EXP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -42,13 +49,19 @@ INSTALLED, REPLACED, UNCHANGED, KEPT, MISSING, REFUSED = (
 )
 
 
+def _fold(value: Any) -> Fold:
+    """A fold of a run record: a number, or ``full`` for the full-data run."""
+    return FULL_FOLD if value == FULL_FOLD else int(value)
+
+
 @dataclass(frozen=True)
 class RunRecord:
-    """``output/shopee-train-run.json``: what the training notebook was asked for and what finished."""
+    """``output/shopee-train-run.json``: what the training notebook was asked for and what finished
+    (fold numbers, and ``full`` for a full-data run)."""
 
     exp: str
-    folds: list[int]
-    finished: list[int]
+    folds: list[Fold]
+    finished: list[Fold]
     unfinished: dict[str, str]
     overrides: list[str]
     debug: bool
@@ -59,8 +72,8 @@ class RunRecord:
             data = json.loads(path.read_text())
             record = cls(
                 exp=str(data["exp"]),
-                folds=[int(f) for f in data["folds"]],
-                finished=[int(f) for f in data.get("finished", [])],
+                folds=[_fold(f) for f in data["folds"]],
+                finished=[_fold(f) for f in data.get("finished", [])],
                 unfinished={str(k): str(v) for k, v in dict(data.get("unfinished", {})).items()},
                 overrides=[str(s) for s in data.get("overrides", [])],
                 debug=bool(data.get("debug", False)),
@@ -74,12 +87,14 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class FoldResult:
-    fold: int
+    fold: Fold
     state: str  # INSTALLED, REPLACED, UNCHANGED, KEPT, MISSING or REFUSED
     detail: str
 
     def line(self, exp: str) -> str:
-        return f"{exp} fold{self.fold}: {self.state}" + (f": {self.detail}" if self.detail else "")
+        from shopee.outputs import fold_name
+
+        return f"{exp} {fold_name(self.fold)}: {self.state}" + (f": {self.detail}" if self.detail else "")
 
 
 def output_root(downloaded: Path) -> Path:
@@ -104,21 +119,6 @@ def file_digests(folder: Path) -> dict[str, tuple[int, str]]:
     return {p.relative_to(folder).as_posix(): (p.stat().st_size, sha256(p)) for p in files}
 
 
-def _plain(value: Any) -> Any:
-    """JSON's view of a value: a tuple and a list of the same items are the same config."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def config_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str:
-    """The first key (in the config's field order) whose value differs, as a phrase; "" if none."""
-    expected, found = _plain(dict(expected)), _plain(dict(found))
-    for key in [*expected, *(k for k in found if k not in expected)]:
-        if expected.get(key, "<absent>") != found.get(key, "<absent>"):
-            there, here = found.get(key, "<absent>"), expected.get(key, "<absent>")
-            return f"{key}={there!r} in the download, {here!r} here"
-    return ""
-
-
 def data_difference(expected: DataFingerprint, found: DataFingerprint) -> str:
     if found.train_sha256 != expected.train_sha256 or found.rows != expected.rows:
         return f"trained on another train.csv ({found.short()}; here {expected.short()})"
@@ -130,13 +130,18 @@ def data_difference(expected: DataFingerprint, found: DataFingerprint) -> str:
 def check_fold(
     source: Path,
     exp: str,
-    fold: int,
+    fold: Fold,
     expected_config: Mapping[str, Any],
     expected_data: DataFingerprint,
     debug: bool,
     where: str,
+    *,
+    allow_code_change: bool = False,
+    target: str = "",
 ) -> str:
-    """Why the downloaded fold ``source`` must not be installed ("" when it may)."""
+    """Why the downloaded fold ``source`` must not be installed ("" when it may). The code check
+    (``check_code``) names the fold by ``target``, where it would be installed."""
+    from shopee.codedigest import CodeChanged, check_code
     from shopee.outputs import FoldRecord, is_finished
 
     leftovers = sorted(
@@ -152,16 +157,19 @@ def check_fold(
             return f"its config.json says {record.exp} fold {record.fold}"
         if record.debug != debug:
             return f"a {'debug' if record.debug else 'full'} run, the run record says debug={debug}"
-        difference = config_difference(expected_config, record.config.to_dict())
+        difference = config_difference(expected_config, record.config.identity(), where="the download")
         if difference:
             return f"config differs from {where}: {difference}"
+        check_code(record, allow_code_change, target or None)
         data = record.data
+    except CodeChanged as exc:
+        return exc.reason
     except ShopeeError as exc:
         return str(exc)
     return data_difference(expected_data, data)
 
 
-def _missing_reason(root: Path, exp: str, fold: int, run: RunRecord) -> str:
+def _missing_reason(root: Path, exp: str, fold: Fold, run: RunRecord) -> str:
     from shopee.outputs import partial_dir
 
     reason = run.unfinished.get(str(fold), "")
@@ -182,18 +190,29 @@ def pull_fold(
     root: Path,
     output: Path,
     run: RunRecord,
-    fold: int,
+    fold: Fold,
     expected_config: Mapping[str, Any],
     expected_data: DataFingerprint,
     where: str,
     overwrite: bool,
+    allow_code_change: bool = False,
 ) -> FoldResult:
     from shopee.outputs import fold_dir
 
     source, target = fold_dir(root, run.exp, fold), fold_dir(output, run.exp, fold)
     if not source.is_dir():
         return FoldResult(fold, MISSING, _missing_reason(root, run.exp, fold, run))
-    refusal = check_fold(source, run.exp, fold, expected_config, expected_data, run.debug, where)
+    refusal = check_fold(
+        source,
+        run.exp,
+        fold,
+        expected_config,
+        expected_data,
+        run.debug,
+        where,
+        allow_code_change=allow_code_change,
+        target=str(target),
+    )
     if refusal:
         return FoldResult(fold, REFUSED, refusal)
     digests = file_digests(source)
@@ -221,8 +240,10 @@ def pull(
     data_dir: Path,
     exp_file_dir: Path = Path("exp"),
     overwrite: bool = False,
+    allow_code_change: bool = False,
 ) -> dict[str, Any]:
-    """Install the finished, verified folds of a training kernel's downloaded output.
+    """Install the finished, verified folds of a training kernel's downloaded output
+    (``allow_code_change``: also folds trained by other code than this checkout's).
 
     Returns ``{"exp", "output", "folds": {fold: {"state", "detail"}}, "installed", "replaced",
     "unchanged", "kept", "missing", "refused", "ignored", "overrides", "debug", "changed"}`` (fold
@@ -238,23 +259,34 @@ def pull(
     exp_file = Path(exp_file_dir) / f"{run.exp}.py"
     name, cfg = load_experiment(str(exp_file), run.overrides)
     cfg = cfg.validate()
-    expected_config = effective_config(cfg, run.debug).to_dict()
+    expected_config = effective_config(cfg, run.debug).identity()
     expected_data = fingerprint_of_dir(data_dir, cfg.n_folds)
     where = f"{exp_file} with overrides {run.overrides}" if run.overrides else str(exp_file)
     results = [
-        pull_fold(root, Path(output), run, fold, expected_config, expected_data, where, overwrite)
-        for fold in sorted(set(run.folds))
+        pull_fold(
+            root, Path(output), run, fold, expected_config, expected_data, where, overwrite, allow_code_change
+        )
+        for fold in _in_order(run.folds)
     ]
     return summarize(name, Path(output), results, run, _not_requested(root, run))
 
 
+def _in_order(folds: Sequence[Fold]) -> list[Fold]:
+    """The folds by number, then the full-data run."""
+    numbers = sorted({f for f in folds if f != FULL_FOLD})
+    return [*numbers, *([FULL_FOLD] if FULL_FOLD in folds else [])]
+
+
 def _not_requested(root: Path, run: RunRecord) -> list[str]:
     """Fold folders in the download the run did not ask for (a previous version's, restored)."""
+    from shopee.outputs import fold_name
+
     exp_dir = root / run.exp
     if not exp_dir.is_dir():
         return []
-    asked = {f"fold{f}" for f in run.folds}
-    return sorted(p.name for p in exp_dir.glob("fold*") if p.is_dir() and p.name.split(".")[0] not in asked)
+    asked = {fold_name(f) for f in run.folds}
+    found = [*exp_dir.glob("fold*"), *exp_dir.glob(f"{FULL_FOLD}*")]
+    return sorted(p.name for p in found if p.is_dir() and p.name.split(".")[0] not in asked)
 
 
 def summarize(
@@ -264,7 +296,7 @@ def summarize(
     for result in results:
         by_state.setdefault(result.state, []).append(result)
 
-    def folds(state: str) -> list[int]:
+    def folds(state: str) -> list[Fold]:
         return [r.fold for r in by_state.get(state, [])]
 
     def reasons(state: str) -> dict[str, str]:
@@ -291,7 +323,7 @@ def describe(summary: Mapping[str, Any]) -> list[str]:
     """One line per requested fold, then what it adds up to."""
     exp = summary["exp"]
     lines = [
-        FoldResult(int(fold), info["state"], info["detail"]).line(exp)
+        FoldResult(_fold(fold), info["state"], info["detail"]).line(exp)
         for fold, info in summary["folds"].items()
     ]
     if summary["ignored"]:

@@ -23,8 +23,16 @@ import nbformat
 
 import shopee
 from shopee.atomic import atomic_dir, replace_dir, write_json, write_text
+from shopee.codedigest import check_records, merge_changes
 from shopee.constants import FULL_FOLD, PREDICT_IMAGE_POLICIES, TEST_ROWS
-from shopee.ensemble_file import expected_f1, read_ensemble, shipped_pair_model, side_files, with_full_models
+from shopee.ensemble_file import (
+    code_changes,
+    expected_f1,
+    read_ensemble,
+    shipped_pair_model,
+    side_files,
+    with_full_models,
+)
 from shopee.errors import ShopeeError
 from shopee.gitinfo import source_state
 from shopee.kernel import metadata as meta
@@ -34,6 +42,7 @@ from shopee.kernel.notebook import make_notebook
 from shopee.kernel.runtime import describe_runtime, estimate_runtime
 from shopee.outputs import FoldRecord
 from shopee.predict import ensemble_records
+from shopee.size_curve import describe_f1_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,12 +113,16 @@ def build_kernel(
     weights: str = "fp16",
     models: str = "folds",
     allow_over_time: bool = False,
+    allow_code_change: bool = False,
 ) -> Kernel:
     """Write ``out/SLUG/`` (notebook + kernel-metadata.json) and ``out/SLUG-dataset/``.
 
     ``models="full"`` ships each experiment's full-data model instead of its fold models, with the
     rule tuned on the folds (``with_full_models``). A bundle whose estimated runtime on the hidden
-    test exceeds Kaggle's 2 hours (``estimate_runtime``) is refused unless ``allow_over_time``."""
+    test exceeds Kaggle's 2 hours (``estimate_runtime``) is refused unless ``allow_over_time``; a
+    fold trained by other embedding-shaping code than the one bundled (``shopee.codedigest``) unless
+    ``allow_code_change``. The manifest's ``code_changes`` names the folds let through, here or
+    when the ensemble was tuned (its own ``code_changes``)."""
     if image_policy not in PREDICT_IMAGE_POLICIES:
         raise ShopeeError(
             f"--image-policy {image_policy}: a submission takes {' or '.join(PREDICT_IMAGE_POLICIES)} "
@@ -126,8 +139,12 @@ def build_kernel(
         ensemble = with_full_models(ensemble)
     output = Path(output) if output else ensemble_path.resolve().parent.parent
     records = ensemble_records(ensemble, output)
-    runtime = estimate_runtime(records, ensemble["params"], tta=tta)
+    # the bundle ships this checkout's code: refuse folds other code trained (before any output)
+    changes = merge_changes(code_changes(ensemble), check_records(records, allow_code_change))
+    pairs = bool(shipped_pair_model(ensemble))
+    runtime = estimate_runtime(records, ensemble["params"], tta=tta, pair_model=pairs)
     print(describe_runtime(runtime), flush=True)
+    print(describe_f1_at(expected_f1(ensemble, TEST_ROWS)), flush=True)
     if not runtime["fits"] and not allow_over_time:
         raise ShopeeError(
             f"the bundle's estimated runtime, {runtime['seconds'] / 3600:.1f} h, exceeds Kaggle's 2 hours: "
@@ -166,17 +183,18 @@ def build_kernel(
         "cv_f1": ensemble["cv_f1"],
         "cv_f1_heldout": ensemble.get("cv_f1_heldout"),
         "by_size": bool(ensemble.get("size_curve")),
-        "pair_model": bool(shipped_pair_model(ensemble)),
+        "pair_model": pairs,
         "expected_f1": expected_f1(ensemble, TEST_ROWS),
         "members": [m["name"] for m in ensemble["params"]["members"]],
         "git_commit": commit,
         "shopee_version": shopee.__version__,
         "built_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "accelerator": accelerator,
-        "requirements": requirements(pair_model=bool(shipped_pair_model(ensemble))),
+        "requirements": requirements(pair_model=pairs),
         "models": ensemble.get("models", "folds"),
         "estimated_runtime_s": round(runtime["seconds"]),
         "settings": {"tta": tta, "image_policy": image_policy, "backend": backend, "cv_rows": cv_rows},
+        "code_changes": changes,
     }
     Path(out).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as staging:

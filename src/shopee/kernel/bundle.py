@@ -29,7 +29,7 @@ from typing import Any
 
 import shopee
 from shopee.atomic import write_json
-from shopee.constants import TFIDF_TEXT_MODEL
+from shopee.constants import FULL_FOLD, TFIDF_TEXT_MODEL
 from shopee.errors import ShopeeError
 from shopee.outputs import BUNDLE_FILES, MODEL_FILE, FoldRecord, fold_dir, write_inference_weights
 
@@ -91,7 +91,8 @@ def _copy_text_models(records: Iterable[FoldRecord], dest: Path) -> dict[str, st
         cfg, key = record.config, record.text_key
         if not cfg.text_model or key in text_dirs or cfg.text_model == TFIDF_TEXT_MODEL:  # in its weights
             continue
-        files = text_files_for_bundle(resolve_text_model(cfg.text_model, cfg.text_weights))
+        source = resolve_text_model(cfg.text_model, cfg.text_weights, with_weights=False)  # no weights
+        files = text_files_for_bundle(source)
         name = _safe_name(key)
         while f"pretrained/{name}" in text_dirs.values():
             name += "-1"
@@ -185,8 +186,10 @@ class Bundle:
 
     def describe(self) -> str:
         m = self.manifest
+        of = ", the fold models'" if m.get("models") == FULL_FOLD else ""
+        cv = f"CV F1 {m['cv_f1']:.4f}, {m['objective']}{of}"
         return (
-            f"kernel {m['slug']}: ensemble {m['ensemble']} (CV F1 {m['cv_f1']:.4f}, {m['objective']}), built "
+            f"kernel {m['slug']}: ensemble {m['ensemble']} ({cv}), built "
             f"{m['built_at']} from commit {m['git_commit']}; {len(m['folds'])} models "
             f"({', '.join(m['folds'])}); {len(m['files'])} files, {size_mib(m):.1f} MiB"
         )

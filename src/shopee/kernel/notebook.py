@@ -133,11 +133,13 @@ def make_notebook(
     expected = info.get("expected_f1")
     expected = (
         f"{expected['f1']:.4f} +- {expected['se']:.4f} on {expected['rows']:,} rows of unseen groups "
-        "(the CV's F1 by size, extrapolated and corrected by the held-out optimism)"
+        "(the CV's F1 by size, extrapolated and corrected by the held-out optimism"
+        + (f"; {expected['carried_over']})" if expected.get("carried_over") else ")")
         if expected
         else "not estimated (no size curve)"
     )
     models = "Fold models"
+    of_folds = ", of the fold models it was tuned on" if info.get("models") == "full" else ""
     if info.get("models") == "full":
         models = "Full-data models (every train row; the thresholds are the fold models' carried over)"
     runtime = (
@@ -150,7 +152,7 @@ Submission notebook for Kaggle's *Shopee - Price Match Guarantee*, built by
 `python -m shopee build-kernel` from the ensemble **{info["ensemble"]}** at commit
 `{info["git_commit"]}` on {info["built_at"]}.
 
-* Ensemble CV F1 {info["cv_f1"]:.4f} ({info["objective"]} objective), held-out estimate {heldout}.
+* Ensemble CV F1 {info["cv_f1"]:.4f} ({info["objective"]} objective{of_folds}), held-out estimate {heldout}.
 * CV F1 expected on the test: {expected}.
 * Thresholds: {thresholds}.
 * {models}: {", ".join(folds)}; matching members: {", ".join(info["members"])}.

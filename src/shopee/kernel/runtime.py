@@ -5,7 +5,8 @@ the cost model of the README's "Runtime on Kaggle, on paper" (every figure an es
 model's forward FLOPs per row are measured by ``plan.measure`` (torch's ``FlopCounterMode`` on
 the architecture with random weights); models that read identical batches share one pass
 (``FoldRecord.loader_key``, as ``predict`` groups them) whose images are decoded once on the CPU
-while the GPUs embed, the models of a pass dealt round-robin over the GPUs; then matching.
+while the GPUs embed, the models of a pass dealt round-robin over the GPUs; then matching, and
+a shipped pair model's second stage on the CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ MODEL_LOAD_S = 3.0  # building a model and loading its fp16 weights
 KNN_SEARCH_S = 3.0  # one kNN search over 70,000 x 512 on one GPU
 MATCH_CPU_S = 54.7  # matching 70,000 rows besides the kNN searches, measured here (2-core Xeon)
 FIXED_S = 138.0  # start, imports, a cold header check of 70,000 images, CUDA init, writing
+# The pair model's second stage on 70,000 rows beyond the members' neighbour lists (candidates,
+# 52 features, LightGBM's probabilities, matches), measured here on the 2-core Xeon (README, "A
+# second stage": bench match --n 70000 --pair-model); linear in the rows (k-bounded candidates).
+PAIR_STAGE_S = 33.7
 
 
 def _forward_seconds(record: FoldRecord, cache: dict[str, float]) -> float:
@@ -57,9 +62,11 @@ def estimate_runtime(
     rows: int = TEST_ROWS,
     gpus: int = 2,
     tta: str | None = None,
+    pair_model: bool = False,
 ) -> dict[str, Any]:
     """Seconds the notebook is expected to take on ``rows`` test rows with ``gpus`` T4s: per pass
-    (decoding, the GPUs' share, tokenizing, loading), matching and fixed costs."""
+    (decoding, the GPUs' share, tokenizing, loading), matching (with ``pair_model``, the shipped
+    pair model's second stage on top of the members' lists) and fixed costs."""
     groups: dict[tuple[Any, ...], list[FoldRecord]] = {}
     for record in records:
         groups.setdefault(record.loader_key, []).append(record)
@@ -89,6 +96,8 @@ def estimate_runtime(
         )
     scale = rows / TEST_ROWS
     matching = _knn_searches(params) * KNN_SEARCH_S * scale**2 + MATCH_CPU_S * CORE_SLOWDOWN * scale
+    pair_stage = PAIR_STAGE_S * CORE_SLOWDOWN * scale if pair_model else 0.0
+    matching += pair_stage
     embedding = sum(p["seconds"] for p in passes)
     total = embedding + matching + FIXED_S
     return {
@@ -97,6 +106,7 @@ def estimate_runtime(
         "passes": passes,
         "embedding_s": embedding,
         "matching_s": matching,
+        "pair_stage_s": pair_stage,
         "fixed_s": FIXED_S,
         "seconds": total,
         "limit_s": KAGGLE_LIMIT_S,
@@ -106,10 +116,12 @@ def estimate_runtime(
 
 def describe_runtime(estimate: dict[str, Any]) -> str:
     minutes = {k: estimate[k] / 60 for k in ("seconds", "embedding_s", "matching_s", "fixed_s")}
+    pairs = estimate.get("pair_stage_s", 0.0)
+    pairs = f" with the pair model's {pairs / 60:.1f}" if pairs else ""
     return (
         f"estimated runtime on {estimate['rows']:,} test rows, GPU T4 x{estimate['gpus']}: "
         f"{minutes['seconds']:.1f} min (embedding {minutes['embedding_s']:.1f} min in "
-        f"{len(estimate['passes'])} pass(es), matching {minutes['matching_s']:.1f}, fixed "
+        f"{len(estimate['passes'])} pass(es), matching {minutes['matching_s']:.1f}{pairs}, fixed "
         f"{minutes['fixed_s']:.1f}; an estimate: README, Runtime on Kaggle, on paper); "
         f"Kaggle's limit is {estimate['limit_s'] / 3600:.0f} h"
     )

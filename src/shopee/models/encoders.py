@@ -16,6 +16,18 @@ from shopee.models.pooling import TextPool, build_image_pool
 from shopee.pretrained import create_image_backbone, create_text_encoder
 
 
+def fixed_input_size(name: str) -> int | None:
+    """The one image side timm's ``name`` accepts (Swin, ViT: their position tables and windows are
+    sized for it), or None when it takes any size. Read from timm's pretrained config, without
+    building the model or fetching weights."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.fixed_input_size:
+        return None
+    return int(cfg.input_size[-1])
+
+
 class ImageEncoder(nn.Module):
     """Any timm model as a feature extractor, then GeM / average / max pooling."""
 
