@@ -481,3 +481,7 @@ def test_a_resume_of_another_config_starts_over(demo_copy: Path, text_dir: Path,
     line = next(x for x in log.splitlines() if shopee.train.STARTED_OVER in x)
     assert "cannot be resumed: it was made with another config (seed=7 in the checkpoint, 42 here)" in line
     assert summary["cv_f1"] > 0
+    from shopee.kaggle_gpu.training import write_run_record
+
+    record = write_run_record(output, "other", [0], [], False, 1.0)
+    assert record["finished"] == [0] and "seed=7 in the checkpoint" in record["started_over"]["0"]

@@ -519,6 +519,20 @@ def _unfinished_reason(output: Path, exp: str, fold: Fold) -> str:
     return "not started"
 
 
+def _started_over(output: Path, exp: str, fold: Fold) -> str:
+    """The last "started over" line of the fold's log (finished or not), "" when there is none."""
+    from shopee.outputs import fold_dir, partial_dir
+    from shopee.train import STARTED_OVER
+
+    for folder in (fold_dir(output, exp, fold), partial_dir(output, exp, fold)):
+        log = folder / "train.log"
+        if log.is_file():
+            lines = [line for line in log.read_text(errors="replace").splitlines() if STARTED_OVER in line]
+            if lines:
+                return lines[-1].split(STARTED_OVER, 1)[1].strip()[:300]
+    return ""
+
+
 def write_run_record(
     output: Path,
     exp: str,
@@ -529,7 +543,8 @@ def write_run_record(
     stopped: str = "",
 ) -> dict[str, Any]:
     """``output/RUN_RECORD``: which of the requested folds (``full`` for the full-data run)
-    finished, why the others did not."""
+    finished, why the others did not, and which started over because a restored checkpoint could
+    not be resumed (``train.STARTED_OVER`` lines of their logs)."""
     from shopee.outputs import fold_dir, is_finished
 
     finished = [f for f in folds if is_finished(fold_dir(output, exp, f))]
@@ -539,6 +554,7 @@ def write_run_record(
         "folds": list(folds),
         "finished": finished,
         "unfinished": unfinished,
+        "started_over": {str(f): why for f in folds if (why := _started_over(output, exp, f))},
         "overrides": list(overrides),
         "debug": debug,
         "seconds": round(seconds, 1),
