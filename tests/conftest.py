@@ -44,6 +44,24 @@ TINY_BERT_WORDS = [
 ]
 
 
+def tiny_text_config(text_dir: Path, **changes):
+    """A text-only config over the tiny random BERT (``text_dir``), quick to train on the small demo."""
+    from shopee.config import Config
+
+    settings = dict(
+        image_model="",
+        text_model=str(text_dir),
+        text_pretrained=False,
+        fusion="none",
+        batch_size=8,
+        num_workers=0,
+        lr_text=1e-3,
+        lr_head=1e-2,
+        dense_oof=False,
+    )
+    return Config(**{**settings, **changes}).validate()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

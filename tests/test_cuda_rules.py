@@ -35,26 +35,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.distributed_c10d import Backend, BackendConfig
 
+from conftest import tiny_text_config
 from shopee.config import Config, ConfigError
 from shopee.distributed import Dist
 from shopee.models import ShopeeModel
 from shopee.optim import build_optimizer
 from shopee.runtime import Runtime
-
-
-def _tiny_text_config(text_dir: Path, **changes) -> Config:
-    settings = dict(
-        image_model="",
-        text_model=str(text_dir),
-        text_pretrained=False,
-        fusion="none",
-        batch_size=8,
-        num_workers=0,
-        lr_text=1e-3,
-        lr_head=1e-2,
-        dense_oof=False,
-    )
-    return Config(**{**settings, **changes}).validate()
 
 
 def _batch(model: ShopeeModel, n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -145,7 +131,7 @@ def test_ddp_all_reduces_once_per_update(one_process_group, text_dir: Path) -> N
     all-reduce of exp051's gradients moves 0.74 GiB over the two T4s' PCIe)."""
     from shopee.train import Stepper
 
-    cfg = _tiny_text_config(text_dir, accum_steps=2)
+    cfg = tiny_text_config(text_dir, accum_steps=2)
     torch.manual_seed(0)
     model = ShopeeModel(cfg, 4)
     runtime = Runtime(torch.device("cpu"))
@@ -179,7 +165,7 @@ def test_mixed_precision_steps_through_the_real_stepper(text_dir: Path, precisio
     CPU, updates finite weights in float32 and returns the loss on the device."""
     from shopee.train import Stepper
 
-    cfg = _tiny_text_config(text_dir, grad_clip=1.0)
+    cfg = tiny_text_config(text_dir, grad_clip=1.0)
     torch.manual_seed(0)
     model = ShopeeModel(cfg, 4)
     runtime = Runtime(torch.device("cpu"), precision)
@@ -222,7 +208,7 @@ def test_resume_from_a_checkpoint_of_another_precision(
     import shopee.train
     from shopee.train import train_fold
 
-    cfg = _tiny_text_config(text_dir, epochs=2)
+    cfg = tiny_text_config(text_dir, epochs=2)
     output = tmp_path / "output"
     _interrupt_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
@@ -273,7 +259,7 @@ def test_one_row_a_process_is_refused_before_training(text_dir: Path) -> None:
     that leaves one row a process fails at step 1 on every GPU; it is refused with one line first."""
     from shopee.train import check_rows_per_process
 
-    cfg = _tiny_text_config(text_dir, batch_size=4)
+    cfg = tiny_text_config(text_dir, batch_size=4)
     check_rows_per_process(cfg, Dist(0, 2))  # 2 rows a process
     with pytest.raises(ConfigError, match=r"batch_size=4 over 4 processes leaves one row a process"):
         check_rows_per_process(cfg, Dist(0, 4))
@@ -297,7 +283,7 @@ def test_a_training_step_reads_nothing_back(text_dir: Path, monkeypatch: pytest.
     device; the epoch reads the losses every ``HOST_SYNC_EVERY`` steps."""
     from shopee.train import HOST_SYNC_EVERY, Stepper, check_losses
 
-    cfg = _tiny_text_config(text_dir, grad_clip=1.0)
+    cfg = tiny_text_config(text_dir, grad_clip=1.0)
     torch.manual_seed(0)
     model = ShopeeModel(cfg, 4)
     runtime = Runtime(torch.device("cpu"))
@@ -425,7 +411,7 @@ def test_cuda_mixed_precision_steps(text_dir: Path) -> None:
 
     device = torch.device("cuda", 0)
     for precision in precisions(device):
-        cfg = _tiny_text_config(text_dir, grad_clip=1.0)
+        cfg = tiny_text_config(text_dir, grad_clip=1.0)
         torch.manual_seed(0)
         runtime = Runtime(device, precision)
         model = runtime.prepare(ShopeeModel(cfg, 4))

@@ -247,6 +247,9 @@ def quick_estimate(monkeypatch: pytest.MonkeyPatch, small_demo_dir: Path) -> Non
     """plan's estimate measures the model (seconds); the push does not depend on its value. The
     local data (whose fold split the kernel ships) is the small demo."""
     monkeypatch.setattr(training_module, "estimate_hours", lambda cfg, folds: 3.0)
+    measured = {"parameters": 30_000_000, "head_parameters": 1_000_000, "embedding_dims": 384}
+    estimate = {"measured": measured, "lone_fold": {"gpus": 1, "why": "a test's"}, "machines": []}
+    monkeypatch.setattr(training_module, "kaggle_estimate", lambda cfg: estimate)
     monkeypatch.setenv("SHOPEE_DATA", str(small_demo_dir))
 
 

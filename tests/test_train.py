@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import tiny_text_config
 from shopee.data import read_split
 from shopee.folds import load_folds
 
@@ -310,30 +311,13 @@ def _scripted_f1(monkeypatch: pytest.MonkeyPatch, f1s: list[float]) -> list[np.n
     return scored
 
 
-def _tiny_text_config(text_dir: Path, **changes):
-    from shopee.config import Config
-
-    return Config(
-        image_model="",
-        text_model=str(text_dir),
-        text_pretrained=False,
-        fusion="none",
-        batch_size=8,
-        num_workers=0,
-        lr_text=1e-3,
-        lr_head=1e-2,
-        dense_oof=False,
-        **changes,
-    )
-
-
 def test_early_stopping_keeps_the_best_epochs_weights(
     demo_copy: Path, text_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shopee.outputs import FoldRecord
     from shopee.train import train_fold
 
-    cfg = _tiny_text_config(text_dir, epochs=8, early_stopping_patience=2)
+    cfg = tiny_text_config(text_dir, epochs=8, early_stopping_patience=2)
     scored = _scripted_f1(monkeypatch, [0.50, 0.70, 0.60, 0.65, 0.90, 0.95])
     summary = train_fold(cfg, "es", 0, demo_copy, tmp_path / "output")
     fold = tmp_path / "output" / "es" / "fold0"
@@ -359,7 +343,7 @@ def test_full_data_run_takes_its_epochs_from_the_cv_folds(
     from shopee.train import train_fold
 
     out = tmp_path / "output"
-    cfg = _tiny_text_config(text_dir, epochs=6, early_stopping_patience=1)
+    cfg = tiny_text_config(text_dir, epochs=6, early_stopping_patience=1)
     with pytest.raises(ShopeeError, match="train the folds first, or --set full_epochs=N"):
         train_fold(cfg, "es", "full", demo_copy, out)
     # fold 0 peaks at epoch 2, fold 1 at epoch 3: the full run trains round(2.5) = 3 epochs
@@ -418,7 +402,7 @@ def test_a_kill_between_two_writes_keeps_weights_and_metrics_together(
     from shopee.outputs import FoldRecord
     from shopee.train import train_fold
 
-    cfg = _tiny_text_config(text_dir, epochs=6, early_stopping_patience=2)
+    cfg = tiny_text_config(text_dir, epochs=6, early_stopping_patience=2)
     phase = ["killed"]
     table = {"killed": {1: 0.70, 2: 0.80}, "resumed": {2: 0.60, 3: 0.65, 4: 0.66, 5: 0.5}}
     scored = _phased_f1(monkeypatch, table, phase)
@@ -470,12 +454,12 @@ def test_a_resume_of_another_config_starts_over(demo_copy: Path, text_dir: Path,
     output = tmp_path / "output"
     partial = output / "other" / "fold0.partial"
     partial.mkdir(parents=True)
-    other = _tiny_text_config(text_dir, epochs=1, seed=7)
+    other = tiny_text_config(text_dir, epochs=1, seed=7)
     torch_save = {"config": other.to_dict(), "debug": False, "epoch": 1}
     import torch
 
     torch.save(torch_save, partial / "last.pt")
-    cfg = _tiny_text_config(text_dir, epochs=1)
+    cfg = tiny_text_config(text_dir, epochs=1)
     summary = train_fold(cfg, "other", 0, demo_copy, output, resume=True)
     log = (output / "other" / "fold0" / "train.log").read_text()
     line = next(x for x in log.splitlines() if shopee.train.STARTED_OVER in x)

@@ -55,13 +55,16 @@ def run_kernel(
     dataset_dir: Path | None = None,
     timeout: int | None = None,
     python: Path | None = None,
+    kernel_sources: dict[str, Path] | None = None,
 ) -> tuple[Path, nbformat.NotebookNode, float]:
     """Execute ``kernel_dir``'s notebook; (its working folder, the executed notebook, seconds).
 
     The dataset folder defaults to the builder's ``<kernel_dir>-dataset`` beside it. ``python``
     runs the notebook's kernel on another interpreter (one with ipykernel), such as a virtual
     environment with Kaggle's library versions. A failing cell raises ``ShopeeError`` with its
-    error line; the executed notebook is saved either way.
+    error line; the executed notebook is saved either way. ``kernel_sources`` maps an attached
+    kernel's slug to a folder standing for its output (a training kernel's earlier version), mounted
+    under the input root as Kaggle mounts ``kernel_sources``.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -84,6 +87,8 @@ def run_kernel(
     for source in kernel_meta.get("dataset_sources", []):
         (inputs / source.split("/")[-1]).symlink_to(dataset_dir.resolve(), target_is_directory=True)
     (inputs / COMPETITION).symlink_to(Path(data_dir).resolve(), target_is_directory=True)
+    for slug, folder in (kernel_sources or {}).items():
+        (inputs / slug).symlink_to(Path(folder).resolve(), target_is_directory=True)
 
     env = {k: v for k, v in os.environ.items() if k not in ("SHOPEE_DATA", "SHOPEE_INPUT")}
     env.update({"SHOPEE_INPUT": str(inputs), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
