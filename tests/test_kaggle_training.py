@@ -28,7 +28,9 @@ def test_device_groups_pair_folds_and_run_an_odd_one_as_planned() -> None:
     assert device_groups([0, 1], 0) == [([0, 1], "cpu")]
 
 
-def test_training_kernel_metadata(tmp_path: Path) -> None:
+def test_training_kernel_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pins = {"sentence-transformers/all-MiniLM-L6-v2": "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"}
+    monkeypatch.setenv("SHOPEE_HUB_REVISIONS", json.dumps(pins))  # what fetch printed
     kernel = build_training_kernel(
         "exp003",
         [0, 1],
@@ -53,6 +55,9 @@ def test_training_kernel_metadata(tmp_path: Path) -> None:
     assert not any(p.startswith(("shopee/bench/", "shopee/demo/")) for p in files)
     assert not list(kernel.dataset_dir.rglob("*.safetensors"))  # code only: weights download there
     assert kernel.estimate_hours > 0.5
+    notebook = (kernel.notebook_dir / "exp003-train.ipynb").read_text()
+    assert "c9745ed1d9f207416be6d2e6f8de32d1f16199bf" in notebook  # the downloads there take the pins
+    assert 'os.environ[\\"SHOPEE_HUB_REVISIONS\\"] = json.dumps(HUB_REVISIONS)' in notebook
 
 
 TWO_STAGES = 'stages=[{"epochs": 1, "train": ["neck", "head"]}, {"epochs": 1, "train": ["all"]}]'

@@ -237,6 +237,7 @@ def build_training_kernel(
     notebook trains on that very split (so that the folds pull home and ensemble with local ones)."""
     from shopee.kernel.bundle import copy_package, file_list
     from shopee.launch import parse_folds
+    from shopee.pretrained import hub_revisions
     from shopee.runner import load_experiment
 
     name, cfg = load_experiment(exp, list(overrides))
@@ -267,6 +268,7 @@ def build_training_kernel(
         "overrides": list(overrides),
         "debug": debug,
         "resume_from": resume_from,
+        "hub_revisions": hub_revisions(),  # fetch's pins, when set here: the downloads there take them
         "estimate_hours": round(hours, 2),
         "lone_fold_gpus": lone["gpus"],
         "folds_at_once": at_once,
@@ -332,6 +334,8 @@ if not CODE:
 CODE = CODE[0]
 sys.path.insert(0, str(CODE))  # the dataset's shopee package comes first, here and in the folds
 os.environ["PYTHONPATH"] = os.pathsep.join([str(CODE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+if HUB_REVISIONS:  # pretrained weights and tokenizers download at the commits fetch recorded
+    os.environ["SHOPEE_HUB_REVISIONS"] = json.dumps(HUB_REVISIONS)
 PREVIOUS = find(INPUT_ROOT, "RUN_RECORD", lambda r: r.get("exp") == EXP)
 print(f"code {CODE}; previous output: {PREVIOUS[0] if PREVIOUS else 'none'}")
 """.replace("MANIFEST", MANIFEST).replace("RUN_RECORD", RUN_RECORD)
@@ -437,6 +441,7 @@ def _settings(info: dict[str, Any], dataset: str) -> str:
             f"OVERRIDES = {info['overrides']!r}  # --set KEY=VALUE",
             f"DEBUG = {info['debug']!r}",
             f"SESSION_HOURS = {SESSION_HOURS}  # Kaggle stops a GPU session at 12 h",
+            f"HUB_REVISIONS = {info.get('hub_revisions', {})!r}  # repository -> commit (fetch's pins)",
             f"FOLDS_AT_ONCE = {info.get('folds_at_once', 2)!r}  # side by side within the disk (plan)",
             f"LONE_FOLD_GPUS = {info.get('lone_fold_gpus', 1)!r}  # an odd fold's GPUs (plan: "
             f"{info.get('lone_fold_why', 'not planned')})",
