@@ -21,7 +21,9 @@ def test_bench_unseen_reports_the_f1_predict_reaches_on_the_unseen_groups(
     assert main([*argv, "--set", "epochs=1", "--blend-stages", "1", "--no-pair-model"]) == 0
     printed = capsys.readouterr().out
     result = json.loads(printed.strip().splitlines()[-1])
-    assert set(result["table"]) == {"fixed", "size-following"}
+    assert set(result["table"]) == {"thresholds, fixed", "thresholds, size-following"}
+    assert [name for name, row in result["table"].items() if row["shipped"]] == ["thresholds, size-following"]
+    assert result["shipped_f1_u"] == result["table"]["thresholds, size-following"]["f1_u"]
     assert {"mean_embedding", "mean_cosine", "fold 0 alone", "fold 1 alone"} == set(result["combinations"])
     for row in result["table"].values():
         for key in ("dense_cv", "heldout_cv", "cv_at_u", "f1_u", "best_u"):
@@ -47,7 +49,10 @@ def test_bench_unseen_reports_the_f1_predict_reaches_on_the_unseen_groups(
         == 0
     )
     f1 = score_files(tmp_path / "s.csv", test / "labels.csv")[0].f1
-    assert f1 == pytest.approx(result["table"]["size-following"]["f1_u"], abs=1e-6)
+    assert f1 == pytest.approx(result["shipped_f1_u"], abs=1e-6)
+    predicted = pd.read_csv(tmp_path / "s.csv")["matches"].str.split().str.len().sum() - len(unseen)
+    shipped = result["table"]["thresholds, size-following"]
+    assert predicted / len(unseen) == pytest.approx(shipped["matches_per_row"], abs=1e-6)
 
     # --exact-blending: tuned again on the same folds (not retrained), blended spaces searched over
     # every row, which the shipped params then say (no blend_candidates field).
@@ -55,5 +60,7 @@ def test_bench_unseen_reports_the_f1_predict_reaches_on_the_unseen_groups(
     assert (
         main([*argv, "--set", "epochs=1", "--blend-stages", "1", "--no-pair-model", "--exact-blending"]) == 0
     )
-    assert capsys.readouterr().out.count("already finished") == 2
+    printed = capsys.readouterr()
+    assert printed.out.count("already finished") == 2
+    assert "U's embeddings from" in printed.err  # the same models embed the same rows once
     assert "blend_candidates" not in json.loads(ensemble.read_text())["params"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -340,6 +341,19 @@ def test_thresholds_follow_the_number_of_rows() -> None:
     assert values[-1] > values[0] and curve["fit"][path]["b"] > 0
     small, large = (params_at_rows(result.params, curve, n)["members"][0]["threshold"] for n in (500, 20000))
     assert small < large
+
+    # Its F1 is out of sample: with two folds, fold 0's full set is scored with the thresholds
+    # refined on fold 1's alone, each in a scorer of its own here.
+    from shopee.ensemble import FLOOR_MARGIN, refine
+
+    assert curve["f1_scored"].startswith("out of sample")
+    sets = {u.fold: u for u in scorer.of("dense")}
+    alone = Scorer([sets[1]])
+    alone.floors = {name: floor - FLOOR_MARGIN for name, floor in scorer.floors.items()}
+    tuned, _ = refine(alone, copy.deepcopy(result.params), "dense")
+    expected = Scorer([sets[0]]).score(tuned).value("dense")
+    assert curve["f1_folds"]["0"][-1] == pytest.approx(expected, abs=1e-9)
+    assert curve["f1_folds"]["0"][-1] != pytest.approx(scorer.row_scores(tuned, sets[1]).f1.mean(), abs=1e-6)
 
 
 def test_optimize_ensemble_bad_input_is_one_line(trained: tuple[Path, Path], capsys) -> None:

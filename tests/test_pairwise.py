@@ -3,14 +3,17 @@ from probabilities against a per-row reference."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 
+from shopee.errors import ShopeeError
 from shopee.match import parse_quantities, tfidf_matrix
 from shopee.pairwise import model as pair_model
-from shopee.pairwise.features import DENSITY_TOPS, candidates, features, floors_of
+from shopee.pairwise.features import DENSITY_TOPS, RELATIVE_TO, candidates, feature_names, features, floors_of
 from shopee.scoring import Universe
 
 WORDS = [
@@ -121,6 +124,13 @@ def test_features_against_a_slow_per_pair_reference() -> None:
             assert row[f"{member}_gap"] == pytest.approx(best[a] - matrix[a, b], abs=1e-5)
             for (top, stat), values in density.items():
                 assert row[f"{member}_top{top}_{stat}"] == pytest.approx(values[a], abs=1e-4)
+            for k in RELATIVE_TO:  # the pair against the query's k-th nearest (NaN: fewer listed)
+                if len(listed[a]) >= k:
+                    assert row[f"{member}_over_k{k}"] == pytest.approx(
+                        matrix[a, b] - listed[a][k - 1], abs=1e-5
+                    )
+                else:
+                    assert np.isnan(row[f"{member}_over_k{k}"])
     got = [set(found.b[found.a == i].tolist()) for i in range(n)]
     assert got == expected
     for i in range(len(found)):
@@ -188,6 +198,31 @@ def test_matching_from_probabilities_against_a_per_row_reference() -> None:
         assert got == want
 
 
+def test_f1_at_every_threshold_in_one_pass_equals_matching_threshold_by_threshold() -> None:
+    """``f1_by_threshold`` against ``match_from_probabilities`` and the scorer, one threshold at a
+    time, on rows with more candidates than a row may match (the 50 cap) and some rows unscored."""
+    rng = np.random.default_rng(3)
+    n = 300
+    labels = rng.integers(0, 40, size=n)
+    a = np.repeat(np.arange(n), 70)
+    b = rng.integers(0, n, size=len(a))
+    keys = np.unique(a[a != b] * n + b[a != b])
+    a, b = keys // n, keys % n
+    p = rng.random(len(a)).astype(np.float32)
+    scored = np.sort(rng.choice(n, size=200, replace=False))
+    universe = Universe("u", "dense", {}, labels, scored=scored, fold=0)
+    cands = pair_model.Candidates(n, a, b, {})
+    s = pair_model.PairSet(
+        universe, cands, pd.DataFrame(index=range(len(a))), labels[a] == labels[b], labels[a]
+    )
+    grid = pair_model.THRESHOLD_GRID
+    fast = pair_model.f1_by_threshold(s, p, grid)
+    assert fast.shape == (200, len(grid))
+    for i in range(0, len(grid), 9):
+        np.testing.assert_allclose(fast[:, i], pair_model._row_f1(s, p, float(grid[i]), None), atol=1e-12)
+    assert (np.bincount(a) > 50).any()  # the cap was exercised
+
+
 def test_no_cv_probability_comes_from_a_model_that_saw_its_group(monkeypatch) -> None:
     """Three outer folds; each pair set also holds pairs touching the other folds' groups (their
     rows are its training rows). Every model must train on no pair that touches a group of the
@@ -228,6 +263,52 @@ def test_no_cv_probability_comes_from_a_model_that_saw_its_group(monkeypatch) ->
         seen = set().union(*(pair_groups[i] for i in ids))
         assert not seen & set(fold_groups[fold].tolist()), fold
         assert ids  # it did train on something
+
+
+def test_a_model_trained_before_a_feature_was_added_gets_its_own_columns() -> None:
+    labels, embeddings, titles, phashes = _data()
+    inputs = dict(embeddings=embeddings, titles=titles, phashes=phashes)
+    found = candidates(PARAMS, floors_of(PARAMS), len(labels), **inputs)
+    full = features(PARAMS, found, **inputs)
+    older = [n for n in feature_names(PARAMS) if "_over_k" not in n]
+    table = features(PARAMS, found, names=older, **inputs)
+    assert list(table.columns) == older
+    pd.testing.assert_frame_equal(table, full[older])
+    with pytest.raises(ShopeeError, match="run optimize-ensemble again"):
+        features(PARAMS, found, names=[*older, "emb_from_the_future"], **inputs)
+
+
+def test_the_probability_thresholds_follow_the_rows_in_logit() -> None:
+    """Hand-worked: thresholds 0.5 at 1,000 rows and 1 / (1 + e^-1) at 4,000 rows are logits 0
+    and 1, a line of 1 / ln 4 per unit of ln(rows); at 2,000 rows the logit is 0.5, at 16,000 it
+    would be 2 but stops at the largest logit seen plus LOGIT_MARGIN."""
+    from shopee.pairwise.model import LOGIT_MARGIN, fit_thresholds, pair_thresholds_at
+
+    top = 1 / (1 + math.exp(-1))
+    fits = fit_thresholds([1000, 4000], [0.5, top], [0.1, None])
+    assert set(fits) == {"threshold"}  # a size without min2: min2 stays as tuned
+    info = {"threshold": top, "min2": 0.3, "size_curve": {"threshold_fit": fits}}
+    assert pair_thresholds_at(info, 2000) == (pytest.approx(1 / (1 + math.exp(-0.5)), abs=1e-4), 0.3)
+    assert pair_thresholds_at(info, 1000)[0] == pytest.approx(0.5, abs=1e-4)
+    capped = 1 / (1 + math.exp(-(1 + LOGIT_MARGIN)))
+    assert pair_thresholds_at(info, 10**6)[0] == pytest.approx(capped, abs=1e-4)
+    assert pair_thresholds_at({"threshold": 0.4, "min2": None}, 10**6) == (0.4, None)  # no fit
+
+
+def test_a_pair_model_ships_when_it_wins_at_the_tests_size(capsys) -> None:
+    """The figures at the test's row count decide when both exist, even against the held-out CV."""
+    from shopee.ensemble import _decide_pair_model
+
+    pairs = {"cv_f1": 0.90, "cv_f1_heldout": 0.89}  # wins held out ...
+    at_test = ({"f1": 0.80, "rows": 70000}, {"f1": 0.79, "rows": 70000})  # ... loses at 70,000 rows
+    _decide_pair_model(pairs, 0.85, {"f1": 0.84}, False, at_test)
+    assert not pairs["shipped"] and pairs["decision"] == {
+        "on": "CV F1 at 70000 rows",
+        "pair_model": 0.79,
+        "rule": 0.80,
+    }
+    _decide_pair_model(pairs, 0.85, {"f1": 0.84}, False, (at_test[1], at_test[0]))
+    assert pairs["shipped"] and "CV F1 at 70000 rows: pair model 0.8000, thresholds 0.7900" in pairs["why"]
 
 
 def test_a_pair_model_ships_only_when_it_beats_the_rule_held_out(capsys) -> None:

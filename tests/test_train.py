@@ -333,6 +333,11 @@ def test_early_stopping_keeps_the_best_epochs_weights(
     log = (fold / "train.log").read_text()
     assert "early stopping: no better CV F1 for 2 epochs since epoch 2" in log
     assert "keeping the weights of epoch 2" in log
+    # what picking epoch 2 on these very rows added, against the last epoch trained (0.65)
+    assert FoldRecord.open(fold).selection_gain == pytest.approx(0.70 - 0.65)
+    from shopee.ensemble import selection_gain
+
+    assert selection_gain(tmp_path / "output", {"es": [0]}) == {"gain": 0.05, "folds": {"es:0": 0.05}}
 
 
 def test_full_data_run_takes_its_epochs_from_the_cv_folds(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,11 @@ from shopee.data import read_split
 from shopee.ensemble_file import COMBINED_PREFIX, write_ensemble
 from shopee.errors import ShopeeError
 from shopee.match import PARAMS_VERSION, validate_params
+from shopee.metrics import RowScores
 from shopee.oof import OOFSet
 from shopee.progress import Progress
 from shopee.projection import fit_projection, source_name
-from shopee.scoring import Scorer, Scores, Universe, build_universes
+from shopee.scoring import Scorer, Scores, Universe, aggregate, build_universes
 from shopee.size_curve import describe_f1_at, f1_at, fit, get_value, optimism, set_value, tunables
 
 BLEND_GRID = (0.5, 0.6, 0.7, 0.8)
@@ -343,13 +344,34 @@ def size_subsets(universes: list[Universe], fraction: float, seed: int = 0) -> l
     return [_group_subset(u, fraction, seed + (u.fold or 0)) for u in universes]
 
 
+def _halves(folds: Sequence[int]) -> list[list[int]]:
+    """The folds in two halves (alternating), for cross-fitting: each half tunes, the other is
+    scored. With two folds each half is one fold (leave one out)."""
+    ordered = sorted(folds)
+    return [ordered[0::2], ordered[1::2]]
+
+
 def size_curve(
-    scorer: Scorer, params: dict[str, Any], objective: str, log: Callable[[str], None], seed: int = 0
+    scorer: Scorer,
+    params: dict[str, Any],
+    objective: str,
+    log: Callable[[str], None],
+    seed: int = 0,
+    held: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Thresholds re-tuned on nested subsets of the objective's sets, fitted against their size."""
+    """Thresholds re-tuned on nested subsets of the objective's sets, fitted against their size,
+    and the F1 each size reaches **out of sample**: the folds split in two halves, each half's
+    subsets re-tune the rule's thresholds (``refine``) and the other half's are scored with them.
+    The thresholds fitted are the two halves' mean. With ``held`` (the held-out search), what is
+    left in sample at the full size (the rule's members and blending chosen on every fold) is
+    measured, each fold's out-of-sample F1 against its held-out one, as ``optimism``; ``f1_at``
+    takes it off. Sets without folds (the ``all`` objective) are re-tuned and scored in sample
+    (the optimism is then the tuned rule's against the held-out estimate)."""
     universes = scorer.of(objective)
     if not universes:
         return None
+    folds = sorted({u.fold for u in universes if u.fold is not None and u.n_scored})
+    crossed = len(folds) >= 2
     rows, values = [], {path: [] for path in tunables(params)}
     f1s: list[float] = []
     rows_folds: dict[str, list[int]] = {}
@@ -359,23 +381,49 @@ def size_curve(
         if not any(u.n_scored for u in subsets):
             log(f"  {fraction:>4.0%} of the groups: no validation row left, skipped")
             continue
-        sub = scorer.restricted(subsets)
-        sub.floors = {name: floor - FLOOR_MARGIN for name, floor in scorer.floors.items()}
-        tuned, scores = refine(sub, copy.deepcopy(params), objective)
+        parts = _halves(folds) if crossed else [None]
+        tuned_values: dict[str, list[float]] = {path: [] for path in values}
+        scored: list[tuple[Universe, RowScores]] = []
+        for half in parts:
+            tune = [u for u in subsets if half is None or u.fold in half]
+            sub = scorer.restricted(tune)
+            sub.floors = {name: floor - FLOOR_MARGIN for name, floor in scorer.floors.items()}
+            tuned, _ = refine(sub, copy.deepcopy(params), objective)
+            for path in values:
+                tuned_values[path].append(get_value(tuned, path))
+            targets = tune if half is None else [u for u in subsets if u.fold not in half]
+            scored += [(u, scorer.row_scores(tuned, u)) for u in targets if u.n_scored]
+        f1 = aggregate(objective, [r for _, r in scored]).f1
         n = int(round(np.mean([u.n for u in subsets])))
         rows.append(n)
-        f1s.append(scores.value(objective))
+        f1s.append(f1)
         for path in values:
-            values[path].append(get_value(tuned, path))
-        for u in subsets:  # each fold's own F1 against its own size: the spread of the F1 fit
-            if u.n_scored and u.fold is not None:
+            values[path].append(float(np.mean(tuned_values[path])))
+        for u, r in scored:  # each fold's own F1 against its own size: the spread of the F1 fit
+            if u.fold is not None:
                 rows_folds.setdefault(str(u.fold), []).append(u.n)
-                f1_folds.setdefault(str(u.fold), []).append(float(sub.row_scores(tuned, u).f1.mean()))
-        log(f"  {fraction:>4.0%} of the groups, {n} rows: F1 {scores.value(objective):.4f}")
+                f1_folds.setdefault(str(u.fold), []).append(float(r.f1.mean()))
+        how = "out of sample" if crossed else "in sample"
+        log(f"  {fraction:>4.0%} of the groups, {n} rows: F1 {f1:.4f} ({how})")
     if len(rows) < 2:
         log("  too few subsets for a fit: the thresholds stay as tuned")
         return None
-    return {**fit(rows, values), "f1": f1s, "rows_folds": rows_folds, "f1_folds": f1_folds}
+    curve = {**fit(rows, values), "f1": f1s, "rows_folds": rows_folds, "f1_folds": f1_folds}
+    curve["f1_scored"] = "out of sample (halves of the folds)" if crossed else "in sample"
+    if held is not None:
+        if crossed:  # the full size's out-of-sample F1 per fold against the held-out search's
+            gaps = [f1_folds[k][-1] - v for k, v in held["folds"].items() if k in f1_folds]
+            weights = [float(_scored_rows(universes, int(k))) for k in held["folds"] if k in f1_folds]
+            if objective == "fold":
+                weights = [1.0] * len(gaps)
+            curve["optimism"] = optimism(gaps, weights)
+        else:
+            curve["optimism"] = heldout_optimism(scorer, params, objective, held)
+    return curve
+
+
+def _scored_rows(universes: Sequence[Universe], fold: int) -> int:
+    return sum(u.n_scored for u in universes if u.fold == fold)
 
 
 def heldout_optimism(
@@ -463,6 +511,7 @@ def optimize_ensemble(
                 f"{data_dir / 'train.csv'}: {int(missing.sum())} posting_ids of the folds not in it "
                 f"(first {wanted[np.argmax(missing)]!r}); the experiments used other data"
             )
+    selection = selection_gain(output, {exp: oof.folds for exp in oof.experiments})
     pool, combined = embedding_members(oof)
     projections = {}
     for dim in pca_dims:  # PCA of every embedding concatenated, fitted on the OOF rows
@@ -532,13 +581,19 @@ def optimize_ensemble(
     curve = at_test = None
     if by_size:
         print(f"thresholds by size ({objective} sets, nested subsets of their groups):", flush=True)
-        curve = size_curve(scorer, result.params, objective, lambda line: print(line, flush=True))
-        if curve is not None and held:
-            curve["optimism"] = heldout_optimism(scorer, result.params, objective, held)
+        curve = size_curve(scorer, result.params, objective, lambda line: print(line, flush=True), held=held)
         at_test = f1_at(curve, test_rows) if curve else None
+        if at_test and selection:
+            at_test["selection_gain"] = selection["gain"]
         print(describe_f1_at(at_test), flush=True)
+    shipped_at = at_test
     if pairs is not None:
-        _decide_pair_model(pairs, scores.value("dense"), held, force_pair_model)
+        pair_at = f1_at(pairs.get("size_curve"), test_rows) if by_size else None
+        _decide_pair_model(pairs, scores.value("dense"), held, force_pair_model, (at_test, pair_at))
+        if pairs["shipped"] and pair_at:
+            shipped_at = {**pair_at, "of": "pair model"}
+            if selection:
+                shipped_at["selection_gain"] = selection["gain"]
 
     ensemble = {
         "name": name,
@@ -547,9 +602,11 @@ def optimize_ensemble(
         "cv_f1": scores.value(objective),
         **{f"cv_f1_{o}": scores.value(o) for o in scorer.objectives},
         "cv_f1_heldout": held["f1"] if held else None,
+        "early_stopping": selection,
         "heldout": held,
         "size_curve": curve,
-        "cv_f1_at_rows": at_test,
+        "cv_f1_at_rows": shipped_at,
+        "cv_f1_at_rows_rule": at_test,
         "pair_model": pairs,
         "fold_combination": fold_combination,
         "scores": scores.as_dict(),
@@ -576,8 +633,27 @@ def optimize_ensemble(
         "name": name,
         "objective": objective,
         **_figures(ensemble),
+        "shipped": shipped_rule(ensemble),
         "members": {n: a[objective] for n, a in result.alone.items()},
     }
+
+
+def selection_gain(output: Path, experiments: dict[str, list[int]]) -> dict[str, Any] | None:
+    """Early stopping's selection gain over the folds tuned on (``FoldRecord.selection_gain``):
+    each fold kept the epoch whose CV F1 was best on the very rows its OOF embeddings are scored
+    on, so part of every CV figure is that choice. Reported beside the estimate, not taken off
+    (the kept epoch may be genuinely better). None when no fold has per-epoch F1s."""
+    from shopee.outputs import FoldRecord, fold_dir
+
+    folds = {}
+    for exp, numbers in experiments.items():
+        for fold in numbers:
+            gain = FoldRecord.open(fold_dir(output, exp, fold)).selection_gain
+            if gain is not None:
+                folds[f"{exp}:{fold}"] = round(gain, 6)
+    if not folds:
+        return None
+    return {"gain": round(float(np.mean(list(folds.values()))), 6), "folds": folds}
 
 
 def _decide_pair_model(
@@ -585,14 +661,23 @@ def _decide_pair_model(
     rule_cv: float,
     held: dict[str, Any] | None,
     force: bool,
+    at_test: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None),
 ) -> None:
-    """Whether predict is to use the pair model (``pairs["shipped"]``) and why, said on stdout."""
-    if held is not None:
+    """Whether predict is to use the pair model (``pairs["shipped"]``) and why, said on stdout.
+
+    Both rules are compared the same way, by the first figure each has of: the CV F1 expected at
+    the test's row count (``at_test``: the rule's, the pair model's; what the test will see), the
+    held-out CV, the dense CV. ``pairs["decision"]`` keeps the figures compared."""
+    rule_at, pair_at = at_test
+    if rule_at and pair_at:
+        mine, rule, on = pair_at["f1"], rule_at["f1"], f"CV F1 at {rule_at['rows']} rows"
+    elif held is not None:
         mine, rule, on = pairs["cv_f1_heldout"], held["f1"], "held-out CV"
     else:
         mine, rule, on = pairs["cv_f1"], rule_cv, "dense CV"
     better = mine > rule + 1e-6
     pairs["shipped"] = bool(better or force)
+    pairs["decision"] = {"on": on, "pair_model": mine, "rule": rule}
     pairs["why"] = f"{on}: pair model {mine:.4f}, thresholds {rule:.4f}" + (
         "" if better else ("; shipped anyway (forced)" if force else "; not shipped, predict uses the rule")
     )
@@ -606,12 +691,22 @@ def _figures(ensemble: dict[str, Any]) -> dict[str, float | None]:
         for key, value in ensemble.items()
         if key.startswith("cv_f1") and not isinstance(value, dict)
     }
-    if ensemble.get("cv_f1_at_rows"):
-        figures["cv_f1_at_rows"] = ensemble["cv_f1_at_rows"]["f1"]
-    if ensemble.get("pair_model"):
-        figures["cv_f1_pair_model"] = ensemble["pair_model"]["cv_f1"]
-        figures["cv_f1_pair_model_heldout"] = ensemble["pair_model"]["cv_f1_heldout"]
+    for key in ("cv_f1_at_rows", "cv_f1_at_rows_rule"):  # the shipped rule's, the thresholds'
+        if ensemble.get(key):
+            figures[key] = ensemble[key]["f1"]
+    pairs = ensemble.get("pair_model")
+    if pairs:
+        figures["cv_f1_pair_model"] = pairs["cv_f1"]
+        figures["cv_f1_pair_model_heldout"] = pairs["cv_f1_heldout"]
+        if (pairs.get("decision") or {}).get("on", "").startswith("CV F1 at"):
+            figures["cv_f1_at_rows_pair_model"] = pairs["decision"]["pair_model"]
     return figures
+
+
+def shipped_rule(ensemble: dict[str, Any]) -> str:
+    """``pair model`` or ``thresholds``: what predict uses."""
+    pairs = ensemble.get("pair_model")
+    return "pair model" if pairs and pairs.get("shipped", True) else "thresholds"
 
 
 def _track(output: Path, ensemble: dict[str, Any], tfidf: bool, phash: bool, blend_stages: int) -> None:
@@ -625,6 +720,7 @@ def _track(output: Path, ensemble: dict[str, Any], tfidf: bool, phash: bool, ble
         "phash": phash,
         "blend_stages": blend_stages,
         "pair_model": bool(ensemble.get("pair_model")),
+        "shipped": shipped_rule(ensemble),
         "members": [m["name"] for m in ensemble["params"]["members"]],
     }
     tags = {

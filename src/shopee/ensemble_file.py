@@ -17,12 +17,17 @@
      "size_curve": {...},            # thresholds against rows matched (shopee.size_curve) or null
      "pair_model": {...},            # the second stage (shopee.pairwise.model) or null: its model
                                      # file beside this one, features, floors, thresholds, CV F1,
-                                     # "shipped" (false: tried, lost to the rule; predict ignores it);
+                                     # "shipped" (false: tried, lost to the rule; predict ignores it),
+                                     # "decision" (the two figures compared: the CV F1 at the test's
+                                     # rows since 2026-12-03), size_curve.threshold_fit (its
+                                     # thresholds against rows, in logit; absent: as tuned);
                                      # directed pairs with query-side features since 2026-12
      "fold_combination": "mean_embedding",   # how predict combines fold models (constants)
      "models": "folds",              # or "full": each experiment's full-data model instead
                                      # (``with_full_models``; "experiments" then lists "full")
-     "cv_f1_at_rows": {...},         # the F1 expected at a test's row count (size_curve.f1_at)
+     "cv_f1_at_rows": {...},         # the F1 expected at a test's row count (size_curve.f1_at) of
+                                     # what predict ships; "cv_f1_at_rows_rule": the thresholds'
+     "early_stopping": {"gain", "folds"},   # what choosing epochs on the scored rows added (or null)
      "code_changes": {"exp003:0": ["models/pooling.py"]},  # folds tuned on although other
                                      # embedding-shaping code trained them (--allow-code-change;
                                      # shopee.codedigest), with the files that differed; {} or absent
@@ -234,6 +239,8 @@ def expected_f1(ensemble: dict[str, Any], n: int, pair_model: bool = True) -> di
         estimate = {**estimate, "of": "pair model"}
     if estimate and ensemble.get("models") == FULL_FOLD:
         estimate = {**estimate, "carried_over": CARRIED_OVER}
+    if estimate and ensemble.get("early_stopping"):
+        estimate = {**estimate, "selection_gain": ensemble["early_stopping"]["gain"]}
     return estimate
 
 

@@ -248,6 +248,17 @@ class FoldRecord:
         return _read_json(self.path / METRICS_FILE)
 
     @property
+    def selection_gain(self) -> float | None:
+        """What choosing the kept epoch on this fold's own validation rows (early stopping) added
+        to its CV F1: the kept epoch's F1 less the last trained epoch's, the fold a fixed schedule
+        of the same run would have kept (0 when the last is kept; None without per-epoch F1s)."""
+        scored = {e["epoch"]: e["cv_f1"] for e in self.metrics.get("epochs", []) if "cv_f1" in e}
+        if not scored:
+            return None
+        kept = self.metrics.get("best_epoch", max(scored))
+        return float(scored[kept] - scored[max(scored)]) if kept in scored else None
+
+    @property
     def finished(self) -> bool:
         return is_finished(self.path)
 

@@ -294,16 +294,19 @@ def match_rows(
     inputs = dict(embeddings=embeddings, titles=df["title"].to_numpy(), phashes=df["image_phash"].to_numpy())
     info = shipped_pair_model(ensemble) if pair_model else None
     if info:
-        from shopee.pairwise.model import load_booster, predict_pairs
+        from shopee.pairwise.model import load_booster, pair_thresholds_at, predict_pairs
 
         booster = load_booster(pair_model_path(ensemble_path, ensemble))
+        follows = by_size and (info.get("size_curve") or {}).get("threshold_fit")
+        threshold, min2 = pair_thresholds_at(info, len(df)) if follows else (info["threshold"], info["min2"])
+        how = f"for {len(df)} rows" if follows else "as tuned"
         print(
-            f"matching with the pair model on {len(df)} rows: probability >= {info['threshold']}, "
-            f"min2 {info['min2']} (as tuned: the pair model's thresholds do not follow the row count)",
+            f"matching with the pair model on {len(df)} rows: probability >= {threshold}, "
+            f"min2 {min2} ({how})",
             flush=True,
         )
         return predict_pairs(
-            info, booster, len(df), backend=backend, device=device, timings=timings, **inputs
+            info, booster, len(df), backend=backend, device=device, timings=timings, by_size=by_size, **inputs
         )
     params = params_for_rows(ensemble, len(df), by_size)
     how = "thresholds for" if by_size and ensemble.get("size_curve") else "fixed thresholds (tuned), on"

@@ -48,11 +48,21 @@ def _markdown(ensemble: dict[str, Any]) -> str:
         "",
     ]
     at_rows = ensemble.get("cv_f1_at_rows")
+    pairs = ensemble.get("pair_model")
     if at_rows:
-        lines += [f"**{describe_f1_at(at_rows)}.** The figure to compare experiments by.", ""]
-        pair_at = f1_at((ensemble.get("pair_model") or {}).get("size_curve"), at_rows["rows"])
-        if pair_at:
-            lines += [f"The pair model's, from its own subsets: {describe_f1_at(pair_at)}.", ""]
+        lines += [
+            f"**{describe_f1_at(at_rows)}.** What predict ships; the figure to compare experiments by.",
+            "",
+        ]
+        if pairs:
+            rule_at = f1_at(ensemble.get("size_curve"), at_rows["rows"])
+            pair_at = f1_at(pairs.get("size_curve"), at_rows["rows"])
+            for label, estimate in (("The thresholds'", rule_at), ("The pair model's", pair_at)):
+                if estimate:
+                    lines += [f"{label}: {describe_f1_at(estimate)}.", ""]
+    if pairs:
+        shipped = "the pair model" if pairs.get("shipped", True) else "the thresholds"
+        lines += [f"**Shipped: {shipped}** ({pairs.get('why', 'an ensemble older than the decision')}).", ""]
     if ensemble.get("cv_f1_heldout") is not None:
         gap = ensemble["cv_f1"] - ensemble["cv_f1_heldout"]
         folds = ", ".join(f"fold {k} {v:.4f}" for k, v in ensemble["heldout"]["folds"].items())
@@ -87,15 +97,19 @@ def _markdown(ensemble: dict[str, Any]) -> str:
     if pairs:
         c = pairs["candidates"]
         without = ensemble.get("cv_f1_dense", ensemble["cv_f1"])
-        verdict = (
-            "beats"
-            if pairs["cv_f1_heldout"] > (ensemble.get("cv_f1_heldout") or without)
-            else "does not beat"
-        )
         shipped = (
             "predict and the kernel use it"
             if pairs.get("shipped", True)
             else "it is kept as tried: predict and the kernel use the thresholds"
+        )
+        decision = pairs.get("decision") or {"on": "held-out CV"}
+        fits = (pairs.get("size_curve") or {}).get("threshold_fit")
+        follows = (
+            "Its probability threshold"
+            + (" and min2" if fits and "min2" in fits else "")
+            + " follow the row count (re-tuned on the nested subsets, fitted in logit against ln rows)"
+            if fits
+            else "Its probability threshold and min2 are used as tuned"
         )
         lines += [
             "## Pair model (second stage)",
@@ -112,10 +126,8 @@ def _markdown(ensemble: dict[str, Any]) -> str:
             f"| pair model (p >= {pairs['threshold']}, min2 {pairs['min2']}) | {pairs['cv_f1']:.4f} | "
             f"{pairs['cv_f1_heldout']:.4f} |",
             "",
-            f"On held-out figures the pair model **{verdict}** the thresholds: {shipped}"
-            f"{' (forced)' if 'forced' in pairs.get('why', '') else ''}. Its probability threshold and "
-            "min2 are used as tuned (they do not follow the row count). Feature importance (gain), "
-            "top 20:",
+            f"Compared on the {decision['on']}: {pairs.get('why', '')}; {shipped}. {follows}. "
+            "Feature importance (gain), top 20:",
             "",
             "| feature | gain |",
             "|---|---|",

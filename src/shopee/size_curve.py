@@ -99,10 +99,11 @@ def optimism(gaps: Sequence[float], weights: Sequence[float]) -> dict[str, float
 def f1_at(curve: Mapping[str, Any], n: int) -> dict[str, Any] | None:
     """The F1 expected on a set of ``n`` rows of unseen groups, with its standard error.
 
-    The F1 the nested subsets reached (each with its thresholds re-tuned) is fitted as
-    ``a + b ln(rows)`` and evaluated at ``n``; the held-out optimism (what tuning on the scored
-    rows adds, ``curve["optimism"]``) is taken off. The standard error adds, in quadrature, the
-    spread of the folds' own fits at ``n``, the line's own prediction error and the optimism's
+    The F1 the nested subsets reached (each with its thresholds re-tuned; out of sample in
+    curves written since 2026-12-03, ``curve["f1_scored"]``) is fitted as ``a + b ln(rows)`` and
+    evaluated at ``n``; ``curve["optimism"]`` (what tuning on the scored rows still adds at the
+    full size, against the held-out search) is taken off. The standard error adds, in quadrature,
+    the spread of the folds' own fits at ``n``, the line's own prediction error and the optimism's
     spread over folds: with two folds it is a rough figure. None for a curve without F1s.
     """
     if not curve or len(curve.get("f1") or []) < 2:
@@ -141,12 +142,17 @@ def describe_f1_at(estimate: Mapping[str, Any] | None) -> str:
     if not estimate:
         return "no F1 expected by size (no size curve with F1s: optimize-ensemble --by-size)"
     corrected = (
-        f"less the held-out optimism {estimate['optimism']:.4f}"
+        f"less what is left in sample against the held-out search, {estimate['optimism']:+.4f}"
         if estimate["optimism"] is not None
         else "not corrected: no held-out estimate"
     )
     of = f" of the {estimate['of']}" if estimate.get("of") else ""
     carried = f"; {estimate['carried_over']}" if estimate.get("carried_over") else ""
+    if estimate.get("selection_gain"):
+        carried += (
+            f"; early stopping chose epochs on these rows: {estimate['selection_gain']:+.4f} of F1 a fold "
+            "against its last epoch, not taken off"
+        )
     return (
         f"CV F1{of} expected at {estimate['rows']} rows: {estimate['f1']:.4f} +- {estimate['se']:.4f} "
         f"(the subsets' F1 fitted as a + b ln(rows), {estimate['slope']:+.4f} per ln, {corrected}{carried})"

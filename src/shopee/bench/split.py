@@ -12,7 +12,7 @@ import pandas as pd
 
 from shopee.atomic import write_csv
 from shopee.match import match
-from shopee.metrics import score_pairs
+from shopee.metrics import group_sizes, score_pairs
 from shopee.scoring import Scorer, Universe
 
 
@@ -42,8 +42,10 @@ def write_subset(data_dir: Path, rows: pd.DataFrame, folder: Path) -> Path:
     return folder
 
 
-def rule_f1(params: dict[str, Any], rows: pd.DataFrame, embeddings: dict[str, np.ndarray]) -> float:
-    """The mean F1 of matching ``rows`` (with labels) by ``params``."""
+def rule_result(
+    params: dict[str, Any], rows: pd.DataFrame, embeddings: dict[str, np.ndarray]
+) -> tuple[float, float]:
+    """(the mean F1 of matching ``rows`` (with labels) by ``params``, the matches a row found)."""
     pairs = match(
         params,
         len(rows),
@@ -51,7 +53,18 @@ def rule_f1(params: dict[str, Any], rows: pd.DataFrame, embeddings: dict[str, np
         titles=rows["title"].to_numpy(),
         phashes=rows["image_phash"].to_numpy(),
     )
-    return score_pairs(*pairs.with_self(), rows["label_group"].to_numpy()).mean().f1
+    f1 = score_pairs(*pairs.with_self(), rows["label_group"].to_numpy()).mean().f1
+    return f1, len(pairs) / max(len(rows), 1)
+
+
+def rule_f1(params: dict[str, Any], rows: pd.DataFrame, embeddings: dict[str, np.ndarray]) -> float:
+    """The mean F1 of matching ``rows`` (with labels) by ``params``."""
+    return rule_result(params, rows, embeddings)[0]
+
+
+def others_per_row(labels: np.ndarray) -> float:
+    """The true matches a row has on average (its group's other rows, counted per row)."""
+    return float((group_sizes(labels) - 1).mean()) if len(labels) else 0.0
 
 
 def main_threshold(params: dict[str, Any]) -> float | None:

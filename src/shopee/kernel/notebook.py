@@ -128,12 +128,13 @@ def make_notebook(
     )
     if info.get("pair_model"):
         thresholds = (
-            "the pair model's probability threshold and min2, as tuned (they do not follow the row count)"
+            "the pair model's probability threshold and min2, "
+            + ("following the test's row count" if info.get("by_size") else "as tuned")
         )
     expected = info.get("expected_f1")
     expected = (
         f"{expected['f1']:.4f} +- {expected['se']:.4f} on {expected['rows']:,} rows of unseen groups "
-        "(the CV's F1 by size, extrapolated and corrected by the held-out optimism"
+        "(the CV's F1 by size, scored out of sample and extrapolated"
         + (f"; {expected['carried_over']})" if expected.get("carried_over") else ")")
         if expected
         else "not estimated (no size curve)"

@@ -19,6 +19,8 @@ the model recognize a training row, a shortcut the test does not offer.
 - ``<m>_rank``: the candidate's rank in the query's neighbour list (1 = nearest; NaN when not in
   it);
 - ``<m>_gap``: the query's best similarity minus the pair's;
+- ``<m>_over_k5`` / ``_over_k20``: the pair's similarity minus the query's 5th / 20th nearest's:
+  in a denser set the k-th neighbour comes closer, so the same similarity stands out less;
 - ``<m>_top<k>_mean`` / ``_std``: the mean and spread of the query's top-5/10/20 similarities
   (its neighbourhood's density), standardized over the rows of the set scored, since a
   70,000-row test is denser than any CV set;
@@ -42,6 +44,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer
 
 from shopee.constants import K
+from shopee.errors import ShopeeError
 from shopee.match import Pairs, member_candidates, member_space, tfidf_matrix, unit_relations
 from shopee.match.phash import parse_phashes
 
@@ -50,6 +53,7 @@ TFIDF_MARGIN = 0.3
 ALWAYS_NEAREST = 5
 PHASH_EXTRA_BITS = 4
 DENSITY_TOPS = (5, 10, 20)
+RELATIVE_TO = (5, 20)  # the pair's similarity less the query's k-th nearest's: it follows density
 CHUNK = 65536  # pairs per chunk when gathering rows
 
 
@@ -145,6 +149,7 @@ def feature_names(params: Mapping[str, Any]) -> list[str]:
     for m in params["members"]:
         p = m["name"]
         names += [f"{p}_sim", f"{p}_rank", f"{p}_gap"]
+        names += [f"{p}_over_k{k}" for k in RELATIVE_TO]
         for top in DENSITY_TOPS:
             names += [f"{p}_top{top}_mean", f"{p}_top{top}_std"]
     return names + [
@@ -213,8 +218,11 @@ def features(
     scored: np.ndarray | None = None,
     backend: str = "torch",
     device: str = "cpu",
+    names: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """The features of every candidate pair (columns ``feature_names(params)``, float32)."""
+    """The features of every candidate pair (columns ``names``, by default
+    ``feature_names(params)``; a model trained before a feature was added asks for its own list),
+    float32."""
     n, a, b = cands.n, cands.a, cands.b
     out: dict[str, np.ndarray] = {}
     hashes, present = parse_phashes(phashes) if phashes is not None else (None, None)
@@ -236,6 +244,8 @@ def features(
         out[f"{p}_rank"] = _ranks(lists, n, a, b)
         table = _row_table(lists, n, max(DENSITY_TOPS))
         out[f"{p}_gap"] = table[:, 0][a] - sims
+        for k in RELATIVE_TO:  # NaN when the query has fewer than k neighbours listed
+            out[f"{p}_over_k{k}"] = sims - table[:, k - 1][a]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # rows with no neighbour: NaN, as meant
             for top in DENSITY_TOPS:
@@ -263,7 +273,13 @@ def features(
         out["same_phash"] = ((hashes[a] == hashes[b]) & present[a] & present[b]).astype(np.float32)
     else:
         out["same_phash"] = np.full(len(a), np.nan, dtype=np.float32)
-    names = feature_names(params)
+    names = feature_names(params) if names is None else list(names)
+    unknown = [name for name in names if name not in out]
+    if unknown:
+        raise ShopeeError(
+            f"the pair model wants features this code does not compute ({', '.join(unknown[:3])}); "
+            "run optimize-ensemble again"
+        )
     return pd.DataFrame({name: np.asarray(out[name], dtype=np.float32) for name in names})
 
 

@@ -24,6 +24,7 @@ chose; it is saved as LightGBM's text model beside the ensemble file.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from shopee.match import Pairs, top_k_pairs, union_pairs
 from shopee.metrics import group_sizes, score_distinct_pairs
 from shopee.pairwise.features import Candidates, candidates, feature_names, features, floors_of
 from shopee.scoring import Universe
-from shopee.size_curve import optimism
+from shopee.size_curve import fit, optimism
 
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
 MIN2_GRID = (None, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
@@ -58,6 +59,7 @@ LIGHTGBM = {
     "verbosity": -1,
 }
 MAX_ROUNDS = 1000
+LOGIT_MARGIN = 1.0  # how far past the fitted logits a threshold may move when extrapolating
 EARLY_STOPPING = 50
 
 
@@ -142,18 +144,48 @@ def _row_f1(s: PairSet, p: np.ndarray, threshold: float, min2: float | None) -> 
     return f1 if u.scored is None else f1[u.scored]
 
 
+def f1_by_threshold(s: PairSet, p: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Each scored row's F1 at every threshold of ``grid`` (ascending) without min2, in one pass:
+    what ``_row_f1`` gives one threshold at a time. A row's matches are its pairs at or above the
+    threshold, at most ``MAX_OTHERS`` of them, most probable first, so its ``MAX_OTHERS`` most
+    probable pairs hold every match it can have; each of those counts for every threshold it
+    reaches (compared in float32, as the matcher compares)."""
+    u = s.universe
+    top = top_k_pairs(s.cands.a, s.cands.b, np.asarray(p, dtype=np.float32), u.n, MAX_OTHERS)
+    rows = np.arange(u.n) if u.scored is None else np.asarray(u.scored)
+    position = np.full(u.n, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    inside = position[top.rows] >= 0
+    at, sims = position[top.rows[inside]], top.sims[inside]
+    true = u.labels[top.rows[inside]] == u.labels[top.cols[inside]]
+    width = len(grid) + 1
+    reached = np.searchsorted(np.asarray(grid, dtype=np.float32), sims, side="right")
+
+    def at_least(keep: np.ndarray) -> np.ndarray:  # per row and threshold: pairs reaching it
+        counts = np.bincount(at[keep] * width + reached[keep], minlength=len(rows) * width)
+        counts = counts.reshape(len(rows), width)
+        return np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]
+
+    matched, hits = at_least(np.ones(len(at), bool)), at_least(true)
+    sizes = group_sizes(u.labels)[rows][:, None]
+    return 2.0 * (1 + hits) / (1 + matched + sizes)
+
+
 def tune_thresholds(
     sets: Sequence[PairSet], probs: Sequence[np.ndarray]
 ) -> tuple[float, float | None, float]:
-    """(threshold, min2, F1): the best on the sets' scored rows (mean over rows)."""
+    """(threshold, min2, F1): the best on the sets' scored rows (mean over rows): the threshold
+    first (``f1_by_threshold``), then min2 at that threshold."""
 
     def f1(threshold: float, min2: float | None) -> float:
         return float(
             np.concatenate([_row_f1(s, p, threshold, min2) for s, p in zip(sets, probs, strict=True)]).mean()
         )
 
-    scores = [(f1(t, None), t) for t in THRESHOLD_GRID]
-    best_f1, threshold = max(scores)
+    by_threshold = np.concatenate(
+        [f1_by_threshold(s, p, THRESHOLD_GRID) for s, p in zip(sets, probs, strict=True)]
+    ).mean(axis=0)
+    best_f1, threshold = max(zip(by_threshold.tolist(), THRESHOLD_GRID.tolist(), strict=True))
     best_min2 = None
     for min2 in MIN2_GRID[1:]:
         value = f1(threshold, min2)
@@ -266,13 +298,6 @@ def heldout_retuned(
     return float(np.concatenate(rows).mean()), [float(r.mean()) for r in rows]
 
 
-def _optimism(sets: Sequence[PairSet], probs: Sequence[np.ndarray], tuned: tuple, held: list[float]) -> dict:
-    """``size_curve.optimism`` of the pair model's thresholds, set by set (weighted by scored rows,
-    as the F1 is)."""
-    gaps = [float(_row_f1(s, p, *tuned).mean()) - h for s, p, h in zip(sets, probs, held, strict=True)]
-    return optimism(gaps, [float(s.universe.n_scored) for s in sets])
-
-
 def pair_size_curve(
     subsets_by_size: Sequence[Sequence[Universe]],
     full: tuple[Sequence[PairSet], Sequence[np.ndarray]],
@@ -283,12 +308,21 @@ def pair_size_curve(
     log: Callable[[str], None],
     backend: str = "torch",
     device: str = "cpu",
+    held: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """The pair model's F1 on nested subsets of the dense sets (each subset aligned with the set
-    whose out-of-fold model scores it) and on the whole sets (``full``: their pair sets and
-    out-of-fold probabilities), its thresholds re-tuned on each: what ``size_curve.f1_at`` fits
-    against the rows, as it does the rule's."""
-    rows, f1s = [], []
+    """The pair model by size, on nested subsets of the dense sets (each subset aligned with the
+    set whose out-of-fold model scores it) and on the whole sets (``full``: their pair sets and
+    out-of-fold probabilities):
+
+    - its F1 at each size **out of sample**: each set scored with the probability thresholds
+      tuned on the other sets of that size (``f1``, ``f1_folds``: what ``size_curve.f1_at``
+      fits against the rows, as it does the rule's);
+    - the thresholds tuned on every set of each size (``thresholds``, ``min2s``), fitted in logit
+      against ln(rows) (``threshold_fit``; ``pair_thresholds_at``): a denser set holds more false
+      candidates for each true one, so the same probability means less;
+    - with ``held`` (each set's held-out F1 with the first stage re-tuned too, in ``full``'s
+      order), what re-tuning the first stage costs at the full size, as ``optimism``."""
+    rows, f1s, thresholds, min2s = [], [], [], []
     rows_folds: dict[str, list[int]] = {}
     f1_folds: dict[str, list[float]] = {}
 
@@ -304,15 +338,67 @@ def pair_size_curve(
         if subsets is not None and not any(u.n_scored for u in subsets):
             continue
         sets, probs = scored(subsets) if subsets is not None else (list(full[0]), list(full[1]))
-        threshold, min2, f1 = tune_thresholds(sets, probs)
+        threshold, min2, _ = tune_thresholds(sets, probs)
+        outside = {i: _heldout_rows(sets, probs, i) for i, s in enumerate(sets) if s.universe.n_scored}
         rows.append(int(round(np.mean([s.universe.n for s in sets]))))
-        f1s.append(f1)
-        for s, p in zip(sets, probs, strict=True):
-            if s.universe.n_scored and s.fold is not None:
-                rows_folds.setdefault(str(s.fold), []).append(s.universe.n)
-                f1_folds.setdefault(str(s.fold), []).append(float(_row_f1(s, p, threshold, min2).mean()))
-        log(f"  pair model on {rows[-1]} rows: F1 {f1:.4f}")
-    return {"rows": rows, "f1": f1s, "rows_folds": rows_folds, "f1_folds": f1_folds}
+        f1s.append(float(np.concatenate(list(outside.values())).mean()))
+        thresholds.append(threshold)
+        min2s.append(min2)
+        for i, row_f1 in outside.items():
+            if sets[i].fold is not None:
+                rows_folds.setdefault(str(sets[i].fold), []).append(sets[i].universe.n)
+                f1_folds.setdefault(str(sets[i].fold), []).append(float(row_f1.mean()))
+        log(f"  pair model on {rows[-1]} rows: F1 {f1s[-1]:.4f} out of sample, probability >= {threshold}")
+    curve = {
+        "rows": rows,
+        "f1": f1s,
+        "rows_folds": rows_folds,
+        "f1_folds": f1_folds,
+        "f1_scored": "out of sample (thresholds tuned on the other sets)",
+        "thresholds": thresholds,
+        "min2s": min2s,
+        "threshold_fit": fit_thresholds(rows, thresholds, min2s),
+    }
+    if held is not None:
+        pairs = [(s, h) for s, h in zip(full[0], held, strict=True) if str(s.fold) in f1_folds]
+        gaps = [f1_folds[str(s.fold)][-1] - h for s, h in pairs]
+        curve["optimism"] = optimism(gaps, [float(s.universe.n_scored) for s, _ in pairs])
+    return curve
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def fit_thresholds(
+    rows: Sequence[int], thresholds: Sequence[float], min2s: Sequence[float | None]
+) -> dict[str, Any] | None:
+    """The probability threshold (and min2, when every size used one) as ``a + b ln(rows)`` in
+    logit, with the range seen; None with fewer than two sizes."""
+    if len(rows) < 2:
+        return None
+    logits = {
+        name: [_logit(v) for v in values]
+        for name, values in (("threshold", thresholds), ("min2", min2s))
+        if not any(v is None for v in values)
+    }
+    return fit(rows, logits)["fit"]
+
+
+def pair_thresholds_at(info: Mapping[str, Any], n: int) -> tuple[float, float | None]:
+    """The pair model's (threshold, min2) for a set of ``n`` rows: its size curve's logit fits
+    evaluated at ``n`` within the logits seen widened by ``LOGIT_MARGIN``; as tuned where there
+    is no fit (a model tuned before the fit existed, or a min2 some size went without)."""
+    fits = (info.get("size_curve") or {}).get("threshold_fit") or {}
+    out = {"threshold": info["threshold"], "min2": info["min2"]}
+    for name, c in fits.items():
+        if out.get(name) is None:
+            continue
+        value = c["a"] + c["b"] * math.log(max(n, 2))
+        value = min(max(value, c["min"] - LOGIT_MARGIN), c["max"] + LOGIT_MARGIN)
+        out[name] = round(1.0 / (1.0 + math.exp(-value)), 4)
+    return float(out["threshold"]), out["min2"]
 
 
 def train_pair_model(
@@ -352,9 +438,8 @@ def train_pair_model(
     if size_subsets:
         log("  pair model by size (nested subsets of the dense sets, thresholds re-tuned on each):")
         curve = pair_size_curve(
-            size_subsets, (sets, probs), boosters, rounds, params, floors, log, backend, device
+            size_subsets, (sets, probs), boosters, rounds, params, floors, log, backend, device, held_sets
         )
-        curve["optimism"] = _optimism(sets, probs, (threshold, min2), held_sets)
     final = _fit(
         lgb,
         pd.concat([s.features for s in sets], ignore_index=True),
@@ -406,22 +491,21 @@ def predict_pairs(
     backend: str = "torch",
     device: str = "cpu",
     timings: dict[str, float] | None = None,
+    by_size: bool = True,
 ) -> Pairs:
-    """The second stage on ``n`` rows: candidates, features, probabilities, matches."""
+    """The second stage on ``n`` rows: candidates, features, probabilities, matches at the
+    probability thresholds for ``n`` rows (``pair_thresholds_at``; as tuned when not ``by_size``)."""
     timings = timings if timings is not None else {}
     inputs = dict(embeddings=embeddings, titles=titles, phashes=phashes)
     found = candidates(
         info["params"], info["floors"], n, backend=backend, device=device, timings=timings, **inputs
     )
     started = time.perf_counter()
-    table = features(info["params"], found, backend=backend, device=device, **inputs)
-    if list(table.columns) != list(info["features"]):
-        raise ShopeeError(
-            "the pair model's features differ from what this code computes; run optimize-ensemble again"
-        )
+    table = features(info["params"], found, backend=backend, device=device, names=info["features"], **inputs)
     timings["pairs:features"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     p = booster.predict(table) if len(table) else np.zeros(0)
-    pairs = match_from_probabilities(n, found.a, found.b, p, info["threshold"], info["min2"])
+    threshold, min2 = pair_thresholds_at(info, n) if by_size else (info["threshold"], info["min2"])
+    pairs = match_from_probabilities(n, found.a, found.b, p, threshold, min2)
     timings["pairs:predict"] = round(time.perf_counter() - started, 3)
     return pairs
