@@ -127,9 +127,8 @@ def make_notebook(
         else "as tuned"
     )
     if info.get("pair_model"):
-        thresholds = (
-            "the pair model's probability threshold and min2, "
-            + ("following the test's row count" if info.get("by_size") else "as tuned")
+        thresholds = "the pair model's probability threshold and min2, " + (
+            "following the test's row count" if info.get("by_size") else "as tuned"
         )
     expected = info.get("expected_f1")
     expected = (
