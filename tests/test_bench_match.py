@@ -94,11 +94,12 @@ def test_bench_match_search_phases_time_what_optimize_ensemble_runs(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = ["bench", "match", "--search", "--phases", "--search-rows", "400", "--dim", "16"]
-    assert main([*argv, "--blend-stages", "0"]) == 0
+    assert main([*argv, "--blend-stages", "0", "--pair-model"]) == 0
     printed = capsys.readouterr().out
     search = json.loads(printed.strip().splitlines()[-1])["search"]
     assert search["heldout_s"] > 0 and search["size_curve_s"] > 0 and 0 < search["f1_heldout"] <= 1
-    assert "held-out searches" in printed and "size curve" in printed
+    assert search["pair_model_s"] > 0 and 0 < search["pair_model_f1_heldout"] <= 1
+    assert "held-out searches" in printed and "size curve" in printed and "pair model" in printed
 
 
 def test_bench_match_rejects_tiny_inputs(capsys: pytest.CaptureFixture[str]) -> None:

@@ -85,10 +85,17 @@ def test_predict_writes_a_complete_submission(tuned: tuple[Path, Path], tmp_path
         )
         == 0
     )
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.strip().splitlines()[-1])
     sub = pd.read_csv(sub_path, dtype=str)
     test = pd.read_csv(data / "test.csv", dtype=str)
     assert list(sub.columns) == ["posting_id", "matches"]
+    # how many it matched a row, beside what the tuning rows' groups hold (counted here from the
+    # OOF index, every fold's validation rows once)
+    per_row = (sub["matches"].str.split().str.len().sum() - len(sub)) / len(sub)
+    oof = pd.concat(pd.read_parquet(f) for f in sorted((out / "exp003").glob("fold*/oof_index.parquet")))
+    sizes = oof["label_group"].map(oof["label_group"].value_counts())
+    assert f"{per_row:.2f} matches a row (the tuning rows have {(sizes - 1).mean():.2f} others" in printed
     assert list(sub["posting_id"]) == list(test["posting_id"])  # each test posting exactly once
     ids = set(test["posting_id"])
     for pid, matches in zip(sub["posting_id"], sub["matches"], strict=True):
@@ -364,3 +371,56 @@ def test_runs_lists_folds_and_ensembles_best_first_per_objective(
         key=lambda r: -FoldRecord.open(tmp_path / "exp003" / f"fold{r[1]}").summary["cv_f1"],
     )
     assert "best first within each objective" in capsys.readouterr().out
+
+
+def test_the_pair_model_ships_on_its_figure_at_the_tests_size(
+    tuned: tuple[Path, Path], tmp_path: Path, capsys
+) -> None:
+    """Rule and pair model compared by their CV F1 at --test-rows; what ships gives the ensemble's
+    cv_f1_at_rows, the result line's and the report's headline; predict matches with it, at the
+    probability threshold for its row count."""
+    from shopee.pairwise.model import pair_thresholds_at
+    from shopee.size_curve import f1_at
+
+    out, data = tuned
+    argv = ["optimize-ensemble", "exp003", "--data", str(data), "--output", str(out), "--name", "pm"]
+    assert main([*argv, "--tfidf", "--blend-stages", "0", "--pair-model", "--test-rows", "5000"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ensemble = read_ensemble(out / "ensembles" / "pm.json")
+    pairs = ensemble["pair_model"]
+    rule_at, pair_at = f1_at(ensemble["size_curve"], 5000), f1_at(pairs["size_curve"], 5000)
+    assert pairs["decision"] == {
+        "on": "CV F1 at 5000 rows",
+        "pair_model": pair_at["f1"],
+        "rule": rule_at["f1"],
+    }
+    assert pairs["shipped"] == (pair_at["f1"] > rule_at["f1"])
+    shipped_at = pair_at if pairs["shipped"] else rule_at
+    assert ensemble["cv_f1_at_rows"]["f1"] == result["cv_f1_at_rows"] == shipped_at["f1"]
+    assert ensemble["cv_f1_at_rows_rule"]["f1"] == result["cv_f1_at_rows_rule"] == rule_at["f1"]
+    assert result["shipped"] == ("pair model" if pairs["shipped"] else "thresholds")
+    report = (out / "ensembles" / "pm" / "report.md").read_text()
+    assert f"**Shipped: the {'pair model' if pairs['shipped'] else 'thresholds'}**" in report
+    assert pairs["size_curve"]["f1_scored"].startswith("out of sample")
+
+    ensemble_path = out / "ensembles" / "pm.json"
+    predicted = [
+        "predict",
+        "--ensemble",
+        str(ensemble_path),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "s.csv"),
+    ]
+    assert main(predicted) == 0
+    printed = capsys.readouterr().out
+    n_test = len(pd.read_csv(data / "test.csv"))
+    if pairs["shipped"]:
+        threshold, min2 = pair_thresholds_at(pairs, n_test)
+        assert (
+            f"matching with the pair model on {n_test} rows: probability >= {threshold}, min2 {min2}"
+            in printed
+        )
+    else:
+        assert f"matching with thresholds for {n_test} rows" in printed

@@ -38,7 +38,7 @@ from shopee.data import read_split
 from shopee.ensemble_file import COMBINED_PREFIX, write_ensemble
 from shopee.errors import ShopeeError
 from shopee.match import PARAMS_VERSION, validate_params
-from shopee.metrics import RowScores
+from shopee.metrics import RowScores, others_per_row
 from shopee.oof import OOFSet
 from shopee.progress import Progress
 from shopee.projection import fit_projection, source_name
@@ -620,6 +620,7 @@ def optimize_ensemble(
         "skipped": oof.skipped,
         "code_changes": oof.code_changes,
         "data": {"dir": oof.data_dir, "oof_rows": len(oof.index), **oof.data.to_dict()},
+        "others_per_row": others_per_row(oof.index["label_group"].to_numpy()),  # train's, for predict
         "universes": {u.name: {"rows": u.n, "scored": u.n_scored} for u in scorer.universes},
         "steps": result.steps,
         "evaluations": scorer.evaluations,

@@ -28,6 +28,7 @@
      "cv_f1_at_rows": {...},         # the F1 expected at a test's row count (size_curve.f1_at) of
                                      # what predict ships; "cv_f1_at_rows_rule": the thresholds'
      "early_stopping": {"gain", "folds"},   # what choosing epochs on the scored rows added (or null)
+     "others_per_row": 2.1,          # the OOF rows' mean group size less one (predict prints it)
      "code_changes": {"exp003:0": ["models/pooling.py"]},  # folds tuned on although other
                                      # embedding-shaping code trained them (--allow-code-change;
                                      # shopee.codedigest), with the files that differed; {} or absent

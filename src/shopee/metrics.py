@@ -95,6 +95,11 @@ def score_distinct_pairs(
     return RowScores(f1, precision, hits / true)
 
 
+def others_per_row(labels: np.ndarray) -> float:
+    """The true matches a row has on average (its group's other rows, counted per row)."""
+    return float((group_sizes(np.asarray(labels)) - 1).mean()) if len(labels) else 0.0
+
+
 def self_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.arange(n, dtype=np.int64)
     return idx, idx

@@ -269,11 +269,21 @@ def predict(
         timings=timings,
     )
     timings["match"] = round(time.perf_counter() - started, 2)
+    print(matches_a_row(ensemble, len(pairs), len(df)), flush=True)
     if by_size:
         print(describe_f1_at(expected_f1(ensemble, len(df))), flush=True)
     return pd.DataFrame(
         {"posting_id": df["posting_id"], "matches": matches_to_strings(pairs, df["posting_id"])}
     )
+
+
+def matches_a_row(ensemble: dict[str, Any], matched: int, n: int) -> str:
+    """``4.83 matches a row (train's rows have 2.11 others in their group)``: far more matches a
+    row than train's groups hold is the sign of a rule too loose for this density."""
+    line = f"{matched / max(n, 1):.2f} matches a row"
+    if ensemble.get("others_per_row") is not None:
+        line += f" (the tuning rows have {ensemble['others_per_row']:.2f} others in their group on average)"
+    return line
 
 
 def match_rows(

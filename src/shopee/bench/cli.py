@@ -280,7 +280,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench_match.add_argument(
         "--pair-model",
         action="store_true",
-        help="time the second stage (candidates, features, LightGBM) on --n rows",
+        help="time the second stage (candidates, features, LightGBM) on --n rows; with --search "
+        "--phases: also train it as optimize-ensemble --pair-model does, timed",
     )
     bench_match.add_argument(
         "--train-rows",

@@ -12,7 +12,7 @@ import pandas as pd
 
 from shopee.atomic import write_csv
 from shopee.match import match
-from shopee.metrics import group_sizes, score_pairs
+from shopee.metrics import score_pairs
 from shopee.scoring import Scorer, Universe
 
 
@@ -60,11 +60,6 @@ def rule_result(
 def rule_f1(params: dict[str, Any], rows: pd.DataFrame, embeddings: dict[str, np.ndarray]) -> float:
     """The mean F1 of matching ``rows`` (with labels) by ``params``."""
     return rule_result(params, rows, embeddings)[0]
-
-
-def others_per_row(labels: np.ndarray) -> float:
-    """The true matches a row has on average (its group's other rows, counted per row)."""
-    return float((group_sizes(labels) - 1).mean()) if len(labels) else 0.0
 
 
 def main_threshold(params: dict[str, Any]) -> float | None:

@@ -11,9 +11,13 @@ The whole path from tuning to a test, on a labelled train set (a large demo here
 3. the fold models embed U as ``predict`` does, and U is matched as the notebook would: the fold
    models combined as shipped, the params at U's size; every fold combination
    (``FOLD_COMBINATIONS``) and each fold model alone are matched too, to compare;
-4. per rule (fixed thresholds, size-following thresholds, the pair model) a row: dense CV,
-   held-out CV, the CV F1 expected at U's size, F1 on U, and the best F1 that thresholds re-tuned
-   on U itself reach (an upper bound no method reaches blind).
+4. per rule (the thresholds fixed and size-following; the pair model with its probability
+   thresholds as tuned and following the rows) a row: dense CV, held-out CV, the CV F1 expected at
+   U's size, F1 on U, the best F1 that thresholds re-tuned on U itself reach (an upper bound no
+   method reaches blind) and the matches a row, beside the true matches U's rows have; the rule
+   shipped is marked.
+
+U's embeddings are kept in ``--work`` for the next run with the same fold models and rows.
 
 Prints the tables and per-phase times, then one JSON line.
 """
@@ -36,7 +40,6 @@ from shopee.bench.split import (
     best_on,
     labelled_universe,
     main_threshold,
-    others_per_row,
     rule_result,
     split_by_group,
     write_subset,
@@ -53,7 +56,7 @@ from shopee.ensemble_file import (
     read_ensemble,
 )
 from shopee.errors import ShopeeError
-from shopee.metrics import score_pairs
+from shopee.metrics import others_per_row, score_pairs
 from shopee.predict import combine_folds, ensemble_records, fold_embeddings, with_derived_sources
 from shopee.runtime import visible_devices
 from shopee.scoring import Universe
