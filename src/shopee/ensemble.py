@@ -360,9 +360,9 @@ def size_curve(
     held: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Thresholds re-tuned on nested subsets of the objective's sets, fitted against their size,
-    and the F1 each size reaches **out of sample**: the folds split in two halves, each half's
-    subsets re-tune the rule's thresholds (``refine``) and the other half's are scored with them.
-    The thresholds fitted are the two halves' mean. With ``held`` (the held-out search), what is
+    (re-tuned on every fold's subsets: what ships), and the F1 each size reaches **out of
+    sample**: the folds split in two halves, each half's subsets re-tune the rule's thresholds
+    (``refine``) and the other half's are scored with them. With ``held`` (the held-out search), what is
     left in sample at the full size (the rule's members and blending chosen on every fold) is
     measured, each fold's out-of-sample F1 against its held-out one, as ``optimism``; ``f1_at``
     takes it off. Sets without folds (the ``all`` objective) are re-tuned and scored in sample
@@ -381,24 +381,21 @@ def size_curve(
         if not any(u.n_scored for u in subsets):
             log(f"  {fraction:>4.0%} of the groups: no validation row left, skipped")
             continue
-        parts = _halves(folds) if crossed else [None]
-        tuned_values: dict[str, list[float]] = {path: [] for path in values}
+        everything, _ = _refined_on(scorer, subsets, params, objective)
+        for path in values:
+            values[path].append(get_value(everything, path))
         scored: list[tuple[Universe, RowScores]] = []
-        for half in parts:
-            tune = [u for u in subsets if half is None or u.fold in half]
-            sub = scorer.restricted(tune)
-            sub.floors = {name: floor - FLOOR_MARGIN for name, floor in scorer.floors.items()}
-            tuned, _ = refine(sub, copy.deepcopy(params), objective)
-            for path in values:
-                tuned_values[path].append(get_value(tuned, path))
-            targets = tune if half is None else [u for u in subsets if u.fold not in half]
+        for half in _halves(folds) if crossed else [None]:
+            if half is None:  # no folds to cross: in sample
+                tuned, targets = everything, subsets
+            else:
+                tuned, _ = _refined_on(scorer, [u for u in subsets if u.fold in half], params, objective)
+                targets = [u for u in subsets if u.fold not in half]
             scored += [(u, scorer.row_scores(tuned, u)) for u in targets if u.n_scored]
         f1 = aggregate(objective, [r for _, r in scored]).f1
         n = int(round(np.mean([u.n for u in subsets])))
         rows.append(n)
         f1s.append(f1)
-        for path in values:
-            values[path].append(float(np.mean(tuned_values[path])))
         for u, r in scored:  # each fold's own F1 against its own size: the spread of the F1 fit
             if u.fold is not None:
                 rows_folds.setdefault(str(u.fold), []).append(u.n)
@@ -420,6 +417,16 @@ def size_curve(
         else:
             curve["optimism"] = heldout_optimism(scorer, params, objective, held)
     return curve
+
+
+def _refined_on(
+    scorer: Scorer, universes: Sequence[Universe], params: dict[str, Any], objective: str
+) -> tuple[dict[str, Any], Scores]:
+    """``params`` refined on ``universes`` alone, its floors lowered by ``FLOOR_MARGIN`` (a
+    subset may want lower thresholds than the full sets did)."""
+    sub = scorer.restricted(universes)
+    sub.floors = {name: floor - FLOOR_MARGIN for name, floor in scorer.floors.items()}
+    return refine(sub, copy.deepcopy(params), objective)
 
 
 def _scored_rows(universes: Sequence[Universe], fold: int) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,9 +59,6 @@ LIGHTGBM = {
     "verbosity": -1,
 }
 MAX_ROUNDS = 1000
-# Train on the nested subsets' pairs too (the densities the size curve builds), not only the
-# dense sets': the model then sees how its features move with density.
-TRAIN_AT_DENSITIES = os.environ.get("SHOPEE_PAIR_DENSITIES", "0") == "1"
 LOGIT_MARGIN = 1.0  # how far past the fitted logits a threshold may move when extrapolating
 EARLY_STOPPING = 50
 
@@ -218,15 +214,10 @@ def _fit(lgb, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, rounds: int | 
 
 
 def cross_validate(
-    sets: Sequence[PairSet],
-    log: Callable[[str], None],
-    boosters: list | None = None,
-    extra: Sequence[PairSet] = (),
+    sets: Sequence[PairSet], log: Callable[[str], None], boosters: list | None = None
 ) -> tuple[list[np.ndarray], list[int]]:
     """Out-of-fold probabilities for every set's pairs (see the module doc) and the rounds early
-    stopping chose per model; each set's model is appended to ``boosters`` when given. ``extra``:
-    more training pairs (the sets' nested subsets: other densities), used as the sets are (never
-    for the model of their own fold, never a pair touching that fold's groups)."""
+    stopping chose per model; each set's model is appended to ``boosters`` when given."""
     lgb = _lightgbm()
     if len(sets) < 2:
         raise ShopeeError("the pair model needs two folds or more with dense embeddings")
@@ -236,8 +227,8 @@ def cross_validate(
             s.universe.labels if s.universe.scored is None else s.universe.labels[s.universe.scored]
         )
         parts, ys, groups = [], [], []
-        for other in [*sets, *extra]:
-            if other is s or (other.fold is not None and other.fold == s.fold):
+        for other in sets:
+            if other is s:
                 continue
             labels = other.universe.labels
             clean = ~(
@@ -318,11 +309,10 @@ def pair_size_curve(
     backend: str = "torch",
     device: str = "cpu",
     held: Sequence[float] | None = None,
-    built: Sequence[Sequence[PairSet]] | None = None,
 ) -> dict[str, Any]:
     """The pair model by size, on nested subsets of the dense sets (each subset aligned with the
-    set whose out-of-fold model scores it; ``built``: their pair sets when already made) and on
-    the whole sets (``full``: their pair sets and out-of-fold probabilities):
+    set whose out-of-fold model scores it) and on the whole sets (``full``: their pair sets and
+    out-of-fold probabilities):
 
     - its F1 at each size **out of sample**: each set scored with the probability thresholds
       tuned on the other sets of that size (``f1``, ``f1_folds``: what ``size_curve.f1_at``
@@ -337,22 +327,17 @@ def pair_size_curve(
     f1_folds: dict[str, list[float]] = {}
 
     def scored(subsets: Sequence[Universe]) -> tuple[list[PairSet], list[np.ndarray]]:
-        return predicted([pair_set(u, params, floors, backend, device) for u in subsets])
-
-    def predicted(sets: Sequence[PairSet]) -> tuple[list[PairSet], list[np.ndarray]]:
+        sets = [pair_set(u, params, floors, backend, device) for u in subsets]
         probs = [
             b.predict(s.features, num_iteration=r) if len(s.truth) else np.zeros(0)
             for s, b, r in zip(sets, boosters, rounds, strict=True)
         ]
-        return list(sets), probs
+        return sets, probs
 
-    for i, subsets in enumerate([*subsets_by_size, None]):
+    for subsets in [*subsets_by_size, None]:
         if subsets is not None and not any(u.n_scored for u in subsets):
             continue
-        if subsets is None:
-            sets, probs = list(full[0]), list(full[1])
-        else:
-            sets, probs = predicted(built[i]) if built else scored(subsets)
+        sets, probs = scored(subsets) if subsets is not None else (list(full[0]), list(full[1]))
         threshold, min2, _ = tune_thresholds(sets, probs)
         outside = {i: _heldout_rows(sets, probs, i) for i, s in enumerate(sets) if s.universe.n_scored}
         rows.append(int(round(np.mean([s.universe.n for s in sets]))))
@@ -441,12 +426,8 @@ def train_pair_model(
         f"{100 * recall['recall']:.1f} % of the true pairs are among them, "
         f"{100 * recall['precision']:.1f} % of them are true"
     )
-    built = [[pair_set(u, params, floors, backend, device) for u in subsets] for subsets in size_subsets]
-    extra = [s for subsets in built for s in subsets] if TRAIN_AT_DENSITIES else []
-    if extra:
-        log(f"  training pairs at {len(built) + 1} densities: {sum(len(s.truth) for s in extra)} more")
     boosters: list[Any] = []
-    probs, rounds = cross_validate(sets, log, boosters, extra)
+    probs, rounds = cross_validate(sets, log, boosters)
     threshold, min2, cv_f1 = tune_thresholds(sets, probs)
     if heldout_params:
         full = (sets, probs)
@@ -467,13 +448,12 @@ def train_pair_model(
             backend,
             device,
             held=held_sets,
-            built=built,
         )
     final = _fit(
         lgb,
-        pd.concat([s.features for s in [*sets, *extra]], ignore_index=True),
-        np.concatenate([s.truth for s in [*sets, *extra]]),
-        np.concatenate([s.group for s in [*sets, *extra]]),
+        pd.concat([s.features for s in sets], ignore_index=True),
+        np.concatenate([s.truth for s in sets]),
+        np.concatenate([s.group for s in sets]),
         rounds=int(round(np.mean(rounds))),
     )
     from shopee.atomic import atomic_path
