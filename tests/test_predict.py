@@ -68,6 +68,10 @@ def tuned(tmp_path_factory: pytest.TempPathFactory, small_demo_dir: Path) -> tup
     return out, data
 
 
+def _predict_argv(ensemble: Path, data: Path, out: Path) -> list[str]:
+    return ["predict", "--ensemble", str(ensemble), "--data", str(data), "--out", str(out)]
+
+
 def test_predict_writes_a_complete_submission(tuned: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     out, data = tuned
     sub_path = tmp_path / "submission.csv"
@@ -317,15 +321,7 @@ def test_predict_follows_the_test_size(tuned: tuple[Path, Path], tmp_path: Path,
     ensemble = read_ensemble(out / "ensembles" / "t.json")
     assert ensemble["objective"] == "dense" and ensemble["size_curve"]["rows"]
     n_test = len(pd.read_csv(data / "test.csv"))
-    argv = [
-        "predict",
-        "--ensemble",
-        str(out / "ensembles" / "t.json"),
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "s.csv"),
-    ]
+    argv = _predict_argv(out / "ensembles" / "t.json", data, tmp_path / "s.csv")
     assert main(argv) == 0
     printed = capsys.readouterr().out
     line = next(
@@ -403,17 +399,7 @@ def test_the_pair_model_ships_on_its_figure_at_the_tests_size(
     assert f"**Shipped: the {'pair model' if pairs['shipped'] else 'thresholds'}**" in report
     assert pairs["size_curve"]["f1_scored"].startswith("out of sample")
 
-    ensemble_path = out / "ensembles" / "pm.json"
-    predicted = [
-        "predict",
-        "--ensemble",
-        str(ensemble_path),
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "s.csv"),
-    ]
-    assert main(predicted) == 0
+    assert main(_predict_argv(out / "ensembles" / "pm.json", data, tmp_path / "s.csv")) == 0
     printed = capsys.readouterr().out
     n_test = len(pd.read_csv(data / "test.csv"))
     if pairs["shipped"]:
