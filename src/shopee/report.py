@@ -126,7 +126,7 @@ def _markdown(ensemble: dict[str, Any]) -> str:
             f"| pair model (p >= {pairs['threshold']}, min2 {pairs['min2']}) | {pairs['cv_f1']:.4f} | "
             f"{pairs['cv_f1_heldout']:.4f} |",
             "",
-            f"Compared on the {decision['on']}: {pairs.get('why', '')}; {shipped}. {follows}. "
+            f"Compared by {pairs.get('why') or decision['on']}: {shipped}. {follows}. "
             "Feature importance (gain), top 20:",
             "",
             "| feature | gain |",
