@@ -359,11 +359,11 @@ def size_curve(
     seed: int = 0,
     held: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Thresholds re-tuned on nested subsets of the objective's sets, fitted against their size,
-    (re-tuned on every fold's subsets: what ships), and the F1 each size reaches **out of
+    """Thresholds re-tuned on nested subsets of the objective's sets (every fold's subsets at
+    once: what ships), fitted against their size, and the F1 each size reaches **out of
     sample**: the folds split in two halves, each half's subsets re-tune the rule's thresholds
-    (``refine``) and the other half's are scored with them. With ``held`` (the held-out search), what is
-    left in sample at the full size (the rule's members and blending chosen on every fold) is
+    (``refine``) and the other half's are scored with them. With ``held`` (the held-out search),
+    what is left in sample at the full size (the rule's members and blending chosen on every fold) is
     measured, each fold's out-of-sample F1 against its held-out one, as ``optimism``; ``f1_at``
     takes it off. Sets without folds (the ``all`` objective) are re-tuned and scored in sample
     (the optimism is then the tuned rule's against the held-out estimate)."""

@@ -304,12 +304,11 @@ def match_rows(
     inputs = dict(embeddings=embeddings, titles=df["title"].to_numpy(), phashes=df["image_phash"].to_numpy())
     info = shipped_pair_model(ensemble) if pair_model else None
     if info:
-        from shopee.pairwise.model import load_booster, pair_thresholds_at, predict_pairs
+        from shopee.pairwise.model import load_booster, pair_thresholds_at, predict_pairs, threshold_fits
 
         booster = load_booster(pair_model_path(ensemble_path, ensemble))
-        follows = by_size and (info.get("size_curve") or {}).get("threshold_fit")
-        threshold, min2 = pair_thresholds_at(info, len(df)) if follows else (info["threshold"], info["min2"])
-        how = f"for {len(df)} rows" if follows else "as tuned"
+        threshold, min2 = pair_thresholds_at(info, len(df), by_size)
+        how = f"for {len(df)} rows" if by_size and threshold_fits(info) else "as tuned"
         print(
             f"matching with the pair model on {len(df)} rows: probability >= {threshold}, "
             f"min2 {min2} ({how})",

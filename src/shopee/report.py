@@ -103,7 +103,9 @@ def _markdown(ensemble: dict[str, Any]) -> str:
             else "it is kept as tried: predict and the kernel use the thresholds"
         )
         decision = pairs.get("decision") or {"on": "held-out CV"}
-        fits = (pairs.get("size_curve") or {}).get("threshold_fit")
+        from shopee.pairwise.model import threshold_fits
+
+        fits = threshold_fits(pairs)
         follows = (
             "Its probability threshold"
             + (" and min2" if fits and "min2" in fits else "")

@@ -386,11 +386,17 @@ def fit_thresholds(
     return fit(rows, logits)["fit"]
 
 
-def pair_thresholds_at(info: Mapping[str, Any], n: int) -> tuple[float, float | None]:
+def threshold_fits(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The pair model's logit fits of its thresholds against rows ({} for a model without)."""
+    return (info.get("size_curve") or {}).get("threshold_fit") or {}
+
+
+def pair_thresholds_at(info: Mapping[str, Any], n: int, by_size: bool = True) -> tuple[float, float | None]:
     """The pair model's (threshold, min2) for a set of ``n`` rows: its size curve's logit fits
     evaluated at ``n`` within the logits seen widened by ``LOGIT_MARGIN``; as tuned where there
-    is no fit (a model tuned before the fit existed, or a min2 some size went without)."""
-    fits = (info.get("size_curve") or {}).get("threshold_fit") or {}
+    is no fit (a model tuned before the fit existed, or a min2 some size went without) or when
+    not ``by_size``."""
+    fits = threshold_fits(info) if by_size else {}
     out = {"threshold": info["threshold"], "min2": info["min2"]}
     for name, c in fits.items():
         if out.get(name) is None:
@@ -514,7 +520,7 @@ def predict_pairs(
     timings["pairs:features"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     p = booster.predict(table) if len(table) else np.zeros(0)
-    threshold, min2 = pair_thresholds_at(info, n) if by_size else (info["threshold"], info["min2"])
+    threshold, min2 = pair_thresholds_at(info, n, by_size)
     pairs = match_from_probabilities(n, found.a, found.b, p, threshold, min2)
     timings["pairs:predict"] = round(time.perf_counter() - started, 3)
     return pairs
